@@ -1,0 +1,3 @@
+from certbroker.cli import main
+
+main()

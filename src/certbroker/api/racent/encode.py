@@ -1,0 +1,107 @@
+"""Typed order views → the field names and formats Racent clients read (SPEC 3.5, 4.3)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from certbroker.orders.dcv import DcvBlock
+from certbroker.orders.views import OrderView
+
+
+def wire_date(moment: datetime | None, utc_offset_hours: int) -> str:
+    """`YYYY-MM-DD HH:MM:SS` in the service's zone (China time by default, SPEC 1.5)."""
+    if moment is None:
+        return ""
+    zone = timezone(timedelta(hours=utc_offset_hours))
+    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def dcv_fields(block: DcvBlock, file_path: str) -> dict[str, str]:
+    return {
+        "DCVfileName": block.file_name,
+        "DCVfileContent": block.file_content,
+        "DCVfilePath": file_path,
+        "DCVdnsHost": block.dns_host,
+        "DCVdnsValue": block.dns_value,
+        "DCVdnsType": "CNAME",
+    }
+
+
+def dcv_output(view: OrderView) -> dict[str, Any]:
+    """The DCV block of the primary name plus `dcvInfo` per name (their file URLs differ)."""
+    primary = view.names[0].file_url if view.names else ""
+    out: dict[str, Any] = dcv_fields(view.dcv, primary)
+    out["dcvInfo"] = {n.name: dcv_fields(view.dcv, n.file_url) for n in view.names}
+    return out
+
+
+def placed(view: OrderView) -> dict[str, Any]:
+    return {
+        "certId": view.cert_id,
+        "vendorId": "",
+        "vendorCertId": "",
+        "orderNum": view.order_num,
+        **dcv_output(view),
+    }
+
+
+def collect(view: OrderView, utc_offset_hours: int) -> dict[str, Any]:
+    def date(moment: datetime | None) -> str:
+        return wire_date(moment, utc_offset_hours)
+
+    data: dict[str, Any] = {
+        "certId": view.cert_id,
+        "orderNum": view.order_num,
+        "vendorId": "",
+        "vendorCertId": "",
+        "productCode": view.product_code,
+        "applyTime": date(view.created_at),
+        "dueDate": date(view.due_at),
+        **dcv_output(view),
+        "dcvList": [
+            {
+                "domainName": n.name,
+                "dcvMethod": n.method,
+                "dcvEmail": n.email or "",
+                "is_verify": "verified" if n.verified else "",
+                # certbroker extensions: why a name is not verified yet, and when it is retried.
+                "verifiedBy": n.verified_how or "",
+                "lastCheckTime": date(n.last_checked_at),
+                "lastError": "" if n.verified else (n.last_result or ""),
+                "nextCheckTime": "" if n.verified else date(n.next_check_at),
+            }
+            for n in view.names
+        ],
+        "application": {"status": "done"},
+        "dcv": {"status": view.stage_dcv},
+        "ov": {"status": view.stage_ov, "note": view.ov_note or ""},
+        "issued": {"status": view.stage_issued},
+        "applyParams": view.apply_params,
+        "certPath": "",
+    }
+    if view.failure_reason:
+        data["failureReason"] = view.failure_reason
+    issued = view.issued
+    if issued is not None:
+        data.update(
+            {
+                "certificate": issued.certificate,
+                "caCertificate": issued.ca_certificate,
+                "beginDate": date(issued.not_before),
+                "endDate": date(issued.not_after),
+                "serialNumber": issued.serial_hex,
+            }
+        )
+        if issued.private_key is not None:
+            data["privateKey"] = issued.private_key
+        if issued.pkcs12 is not None:
+            data.update(
+                {
+                    "pkcs12": issued.pkcs12,
+                    "pkcsPass": issued.pkcs12_password,
+                    "jks": issued.jks,
+                    "jksPass": issued.jks_password,
+                }
+            )
+    return data

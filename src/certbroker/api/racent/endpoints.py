@@ -1,0 +1,120 @@
+"""One handler per endpoint: decode fields, call orders/, encode the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from certbroker.api.racent import encode, schemas
+from certbroker.api.racent.decoding import text_field
+from certbroker.catalog.countries import COUNTRY_CODES
+from certbroker.orders import cancelling, placing, views
+from certbroker.orders.accounts import AccountRef
+from certbroker.orders.approvers import approver_emails
+from certbroker.orders.context import OrdersContext
+from certbroker.orders.errors import ApiError, Code
+
+Fields = dict[str, Any]
+Answer = tuple[Any, dict[str, Any]]  # (data, extra top-level keys)
+Handler = Callable[[OrdersContext, AccountRef, Fields], Answer]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    summary: str
+    fields: type[BaseModel]
+    handler: Handler
+
+
+def _required_text(fields: Fields, name: str) -> str:
+    value = text_field(fields, name)
+    if value is None:
+        raise ApiError(Code.INVALID, {name: [f"{name} is required"]})
+    return value
+
+
+def product_list(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
+    vendor = text_field(fields, "vendor")
+    if vendor is not None and vendor not in ctx.catalog.vendors():
+        raise ApiError(
+            Code.INVALID,
+            {"vendor": [f"vendor invalid; use one of {', '.join(ctx.catalog.vendors())}"]},
+        )
+    return [p.to_wire() for p in ctx.catalog.products(vendor)], {}
+
+
+def validate(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
+    placing.validate(
+        ctx, account, text_field(fields, "productCode"), text_field(fields, "years"),
+        fields.get("params"),
+    )
+    return None, {}
+
+
+def place(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
+    order = placing.place(
+        ctx, account, text_field(fields, "productCode"), text_field(fields, "years"),
+        text_field(fields, "refId"), fields.get("params"),
+    )
+    with ctx.db.transaction() as session:
+        view = views.view_order(ctx, session, views.load_order(session, account, order.cert_id))
+    return encode.placed(view), {}
+
+
+def collect(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
+    view = views.collect(ctx, account, text_field(fields, "certId"))
+    return encode.collect(view, ctx.policy.utc_offset_hours), {"status": view.status}
+
+
+def cancel(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
+    cancelling.cancel(ctx, account, text_field(fields, "certId"), text_field(fields, "reason"))
+    return None, {}
+
+
+def cert_id_by_ref_id(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
+    return {"certId": views.cert_id_by_ref_id(ctx, account, text_field(fields, "refId"))}, {}
+
+
+def dcv_email(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
+    domain = text_field(fields, "domainName") or text_field(fields, "domain")
+    return {"emails": approver_emails(domain)}, {}
+
+
+def _legacy_dcv(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
+    view = views.collect(ctx, account, _required_text(fields, "orderId"))
+    domain = text_field(fields, "domain")
+    out = encode.dcv_output(view)
+    if domain is not None:
+        per_name = out["dcvInfo"].get(domain.lower().rstrip("."))
+        if per_name is None:
+            raise ApiError.invalid("domain", f"{domain} is not a name of {view.cert_id}")
+        return per_name, {}
+    return out, {}
+
+
+def country(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
+    return [{"code": code} for code in sorted(COUNTRY_CODES)], {}
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("productList", "Products and prices, optionally of one vendor", schemas.ProductListFields,
+             product_list),
+    Endpoint("validate", "Run every check of place without buying", schemas.OrderFields, validate),
+    Endpoint("place", "Buy a certificate: charge the balance, answer certId and DCV values",
+             schemas.OrderFields, place),
+    Endpoint("collect", "Status, DCV progress and, once COMPLETE, the certificate",
+             schemas.CertIdFields, collect),
+    Endpoint("cancel", "Cancel a pending order, or an issued one within 30 days; refunds",
+             schemas.CancelFields, cancel),
+    Endpoint("certIdByrefId", "Find a certId by your refId", schemas.RefIdFields, cert_id_by_ref_id),
+    Endpoint("DCVemail", "Approver e-mail addresses of a domain", schemas.DcvEmailFields, dcv_email),
+    Endpoint("validatefile", "HTTP file DCV values of an order (legacy)", schemas.LegacyDcvFields,
+             _legacy_dcv),
+    Endpoint("validatedns", "DNS DCV values of an order (legacy)", schemas.LegacyDcvFields,
+             _legacy_dcv),
+    Endpoint("country", "ISO 3166-1 alpha-2 country codes", schemas.TokenOnlyFields, country),
+)

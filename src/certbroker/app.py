@@ -1,0 +1,93 @@
+"""The ASGI application: front ends mounted on one OrdersContext, worker in-process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from certbroker import __version__
+from certbroker.api.racent import routes as racent
+from certbroker.orders.context import OrdersContext
+from certbroker.orders.errors import ApiError, Code
+from certbroker.worker.runner import Worker
+
+log = structlog.get_logger("certbroker.app")
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title="certbroker",
+        version=__version__,
+        description="Racent/NicSRS-compatible reseller API. Every endpoint is POST and accepts "
+        "multipart/form-data, application/x-www-form-urlencoded or JSON; answers are HTTP 200 "
+        "with the {code, data, errors} envelope.",
+        routes=app.routes,
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in racent.request_models():
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in body.pop("$defs", {}).items():
+            components[name] = sub
+        components[model.__name__] = body
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(ctx: OrdersContext, *, worker: bool = True, poll_seconds: float = 1.0) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = None
+        if worker:
+            runner = Worker(ctx, poll_seconds=poll_seconds)
+            task = asyncio.create_task(runner.run_forever(stop))
+        yield
+        stop.set()
+        if task is not None:
+            await task
+        ctx.db.dispose()
+
+    app = FastAPI(title="certbroker", version=__version__, lifespan=lifespan)
+    racent.install(app, ctx)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405:
+            message = "every endpoint takes POST only"
+            headers = {"Allow": "POST"}
+        elif exc.status_code == 404:
+            message = "unknown endpoint"
+            headers = {}
+        else:
+            message = str(exc.detail)
+            headers = {}
+        return JSONResponse(
+            {"code": int(Code.INVALID), "errors": message},
+            status_code=exc.status_code,
+            headers=headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"code": int(Code.INVALID), "errors": "the request could not be read"})
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # The details go to the log only: clients get the envelope, never a stack trace.
+        log.exception("unhandled error", error_type=type(exc).__name__)
+        error = ApiError(Code.UNEXPECTED, "unexpected error; nothing was changed, try again")
+        return JSONResponse({"code": int(error.code), "errors": error.errors})
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

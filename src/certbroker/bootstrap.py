@@ -1,0 +1,104 @@
+"""First start and every start: data directory, master key, schema, CA, first account."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from certbroker.catalog.catalog import Catalog
+from certbroker.clock import Clock, SystemClock
+from certbroker.issuance.builtin import BuiltinCa
+from certbroker.orders import accounts
+from certbroker.orders.context import OrdersContext, Policy
+from certbroker.pki.secretbox import SecretBox, generate_master_key
+from certbroker.settings import Settings
+from certbroker.store.db import Database
+from certbroker.store.models import Account
+
+MASTER_KEY_FILE = "master.key"
+MASTER_KEY_ID = "k1"
+
+
+def _write_private(path: Path, text: str) -> None:
+    # Created 0600 from the first byte: never readable by others, even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def master_keys(settings: Settings) -> SecretBox:
+    """The key that encrypts private keys at rest: from settings, else a file made on first start."""
+    if settings.master_key is not None:
+        return SecretBox({MASTER_KEY_ID: settings.master_key.get_secret_value()}, MASTER_KEY_ID)
+    path = settings.data_dir / MASTER_KEY_FILE
+    if not path.exists():
+        _write_private(path, generate_master_key() + "\n")
+    return SecretBox({MASTER_KEY_ID: path.read_text().strip()}, MASTER_KEY_ID)
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        dcv_window=timedelta(days=settings.dcv_window_days),
+        dcv_retry=tuple(timedelta(seconds=s) for s in settings.dcv_retry_seconds) or Policy.dcv_retry,
+        dcv_ca_domain=settings.dcv_ca_domain,
+        dcv_http_port=settings.dcv_http_port,
+        dcv_https_port=settings.dcv_https_port,
+        dcv_timeout_seconds=settings.dcv_timeout_seconds,
+        dcv_allow_networks=tuple(settings.dcv_allow_networks),
+        dcv_resolver=settings.dcv_resolver,
+        cancel_refund_window=timedelta(days=settings.cancel_refund_days),
+        utc_offset_hours=settings.api_utc_offset_hours,
+    )
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)
+
+
+def open_database(settings: Settings, *, migrate: bool = True) -> Database:
+    prepare_data_dir(settings)
+    db = Database(settings.effective_database_url)
+    if migrate:
+        db.upgrade()
+    return db
+
+
+def build_context(settings: Settings, clock: Clock | None = None) -> OrdersContext:
+    clock = clock or SystemClock()
+    db = open_database(settings)
+    ca = BuiltinCa.load_or_create(
+        settings.ca_dir,
+        public_url=settings.public_url,
+        organization=settings.ca_organization,
+        now=clock.now(),
+    )
+    return OrdersContext(
+        db=db,
+        catalog=Catalog.load_default(),
+        ca=ca,
+        box=master_keys(settings),
+        clock=clock,
+        policy=policy_from(settings),
+    )
+
+
+@dataclass(frozen=True)
+class FirstAccount:
+    name: str
+    token: str
+
+
+def ensure_first_account(ctx: OrdersContext) -> FirstAccount | None:
+    """On an empty database create one reseller account; its token is shown once."""
+    with ctx.db.transaction() as session:
+        if session.scalar(select(func.count()).select_from(Account)):
+            return None
+        now = ctx.clock.now()
+        account = accounts.create_account(session, "default", sandbox=False, now=now)
+        _row, token = accounts.create_token(session, account, label="first start", now=now)
+        return FirstAccount(name=account.name, token=token)

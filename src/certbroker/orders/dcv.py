@@ -1,0 +1,191 @@
+"""Domain control validation as the registration authority runs it: what to check, when, and
+what a result changes. The network checks themselves live in validation/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from ipaddress import ip_network
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import select, update
+
+from certbroker.orders import ledger
+from certbroker.orders.context import OrdersContext, Policy
+from certbroker.orders.events import record_event
+from certbroker.orders.states import Status
+from certbroker.pki import dcv_values
+from certbroker.store.models import Order, OrderName
+from certbroker.validation.http_file import check_http_file
+from certbroker.validation.resolver import make_address_resolver
+from certbroker.validation.results import CheckResult
+from certbroker.validation.safe_addresses import AddressPolicy
+
+FILE_METHODS = ("HTTP_CSR_HASH", "HTTPS_CSR_HASH")
+
+
+@dataclass(frozen=True)
+class DcvBlock:
+    """SPEC 3.5 values for one order (CSR-hash methods: the same for every name)."""
+
+    file_name: str
+    file_content: str
+    dns_host: str
+    dns_value: str
+
+
+def dcv_block(csr_pem: str, unique_value: str | None, ca_domain: str) -> DcvBlock:
+    der = x509.load_pem_x509_csr(csr_pem.encode("ascii")).public_bytes(Encoding.DER)
+    hashes = dcv_values.csr_hashes(der)
+    return DcvBlock(
+        file_name=dcv_values.file_name(hashes),
+        file_content=dcv_values.file_content(hashes, unique_value, ca_domain),
+        dns_host=dcv_values.dns_host(hashes),
+        dns_value=dcv_values.dns_value(hashes, unique_value, ca_domain),
+    )
+
+
+def file_url(name: str, file_name: str, method: str, policy: Policy) -> str:
+    scheme, port, default = (
+        ("https", policy.dcv_https_port, 443)
+        if method == "HTTPS_CSR_HASH"
+        else ("http", policy.dcv_http_port, 80)
+    )
+    host = name[2:] if name.startswith("*.") else name
+    if ":" in host:
+        host = f"[{host}]"
+    authority = host if port == default else f"{host}:{port}"
+    return f"{scheme}://{authority}/.well-known/pki-validation/{file_name}"
+
+
+@dataclass(frozen=True)
+class NameCheck:
+    name_id: int
+    name: str
+    method: str
+    block: DcvBlock
+
+
+def claim_due_names(ctx: OrdersContext, owner: str, limit: int = 50) -> list[NameCheck]:
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        rows = session.execute(
+            select(OrderName.id, OrderName.name, OrderName.dcv_method, Order.csr_pem,
+                   Order.unique_value)
+            .join(Order, Order.id == OrderName.order_id)
+            .where(
+                Order.status == Status.PENDING,
+                OrderName.verified_at.is_(None),
+                OrderName.next_check_at.is_not(None),
+                OrderName.next_check_at <= now,
+                (OrderName.lease_until.is_(None)) | (OrderName.lease_until < now),
+            )
+            .order_by(OrderName.next_check_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=OrderName)
+        ).all()
+        if rows:
+            session.execute(
+                update(OrderName)
+                .where(OrderName.id.in_([r[0] for r in rows]))
+                .values(lease_owner=owner, lease_until=now + ctx.policy.lease)
+            )
+    blocks: dict[tuple[str, str | None], DcvBlock] = {}
+    out = []
+    for name_id, name, method, csr_pem, unique in rows:
+        key = (csr_pem, unique)
+        if key not in blocks:
+            blocks[key] = dcv_block(csr_pem, unique, ctx.policy.dcv_ca_domain)
+        out.append(NameCheck(name_id=name_id, name=name, method=method, block=blocks[key]))
+    return out
+
+
+async def run_check(ctx: OrdersContext, check: NameCheck) -> CheckResult:
+    policy = ctx.policy
+    if check.method in FILE_METHODS:
+        return await check_http_file(
+            check.name,
+            check.block.file_name,
+            check.block.file_content,
+            scheme="https" if check.method == "HTTPS_CSR_HASH" else "http",
+            http_port=policy.dcv_http_port,
+            https_port=policy.dcv_https_port,
+            policy=AddressPolicy(tuple(ip_network(n) for n in policy.dcv_allow_networks)),
+            resolve=make_address_resolver(policy.dcv_resolver, policy.dcv_timeout_seconds),
+            timeout=policy.dcv_timeout_seconds,
+        )
+    return CheckResult(
+        ok=False,
+        detail=f"{check.method} is not checked by this server yet; use HTTP_CSR_HASH or "
+        "HTTPS_CSR_HASH (updateDCV)",
+    )
+
+
+def next_delay(policy: Policy, attempts: int) -> timedelta:
+    """Back-off after the n-th failed check: the schedule, then its last step forever."""
+    schedule = policy.dcv_retry
+    return schedule[min(attempts - 1, len(schedule) - 1)]
+
+
+def record_result(ctx: OrdersContext, check: NameCheck, owner: str, result: CheckResult) -> None:
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        row = session.get(OrderName, check.name_id)
+        if row is None or row.lease_owner != owner or row.verified_at is not None:
+            return
+        order = session.get(Order, row.order_id)
+        if order is None or order.status != Status.PENDING:
+            return
+        row.attempts += 1
+        row.last_checked_at = now
+        row.last_result = result.detail
+        row.lease_owner = None
+        row.lease_until = None
+        if not result.ok:
+            row.next_check_at = now + next_delay(ctx.policy, row.attempts)
+            return
+        row.verified_at = now
+        row.verified_how = row.dcv_method
+        row.next_check_at = None
+        record_event(session, order, "domain.verified", {"domainName": row.name}, now)
+        mark_ready_if_complete(order, now)
+
+
+def mark_ready_if_complete(order: Order, now: datetime) -> None:
+    """Queue issuance once every name is verified and the organization is vetted."""
+    if order.ov_status == "done" and all(n.verified_at is not None for n in order.names):
+        order.issue_due_at = order.issue_due_at or now
+
+
+def fail_expired_orders(ctx: OrdersContext, limit: int = 100) -> int:
+    """Orders whose validation window ended: FAILED and refunded in one transaction each."""
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        ids = list(
+            session.scalars(
+                select(Order.id)
+                .where(Order.status == Status.PENDING, Order.validation_deadline < now)
+                .limit(limit)
+            )
+        )
+    for order_id in ids:
+        with ctx.db.transaction() as session:
+            order = session.get(Order, order_id)
+            if order is None or order.status != Status.PENDING or order.validation_deadline >= now:
+                continue
+            order.status = Status.FAILED
+            order.failure_reason = "the validation window ended before every name was validated"
+            order.updated_at = now
+            ledger.post(
+                session,
+                account_id=order.account_id,
+                amount_cents=order.price_cents,
+                kind="refund",
+                op_key=f"refund:{order.cert_id}",
+                order_id=order.id,
+                now=now,
+                note="validation window ended",
+            )
+            record_event(session, order, "order.failed", {"reason": order.failure_reason}, now)
+    return len(ids)

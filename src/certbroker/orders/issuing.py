@@ -1,0 +1,203 @@
+"""Issuance, crash-safe the way Boulder does it (docs/ISSUANCE-CYCLE.md).
+
+1. In one transaction: allocate the serial and store the to-be-signed data (row `signing`).
+2. Sign in memory.
+3. In one transaction: store the certificate, complete the order, write the event.
+A crash between 1 and 3 leaves a `signing` row whose signature never left the process; the retry
+signs the same serial and validity again, so no certificate exists that the database does not
+know, and an order never gets two.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from certbroker.issuance.builtin import LeafRequest
+from certbroker.issuance.profile import SubjectOrganization
+from certbroker.issuance.validity import leaf_not_after
+from certbroker.orders.context import OrdersContext
+from certbroker.orders.events import record_event
+from certbroker.orders.states import Status
+from certbroker.pki.bundles import make_jks, make_pkcs12, random_password
+from certbroker.pki.keys import PrivateKey, load_private_key_pem
+from certbroker.store.models import Certificate, Order
+
+# Certificates start a little in the past so that clients with slow clocks accept them.
+BACKDATE = timedelta(minutes=5)
+
+
+def add_years(moment: datetime, years: int) -> datetime:
+    try:
+        return moment.replace(year=moment.year + years)
+    except ValueError:  # 29 February
+        return moment.replace(year=moment.year + years, day=28)
+
+
+def claim_ready_orders(ctx: OrdersContext, owner: str, limit: int = 20) -> list[int]:
+    """Lease orders that are ready to sign (PostgreSQL: SKIP LOCKED lets workers share)."""
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        ids = list(
+            session.scalars(
+                select(Order.id)
+                .where(
+                    Order.status == Status.PENDING,
+                    Order.issue_due_at.is_not(None),
+                    Order.issue_due_at <= now,
+                    (Order.lease_until.is_(None)) | (Order.lease_until < now),
+                )
+                .order_by(Order.issue_due_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if ids:
+            session.execute(
+                update(Order)
+                .where(Order.id.in_(ids))
+                .values(lease_owner=owner, lease_until=now + ctx.policy.lease)
+            )
+    return ids
+
+
+def organization_of(order: Order) -> SubjectOrganization | None:
+    if order.validation_level == "dv":
+        return None
+    info = order.apply_params.get("organizationInfo") or {}
+    if not isinstance(info, dict):
+        return None
+
+    def opt(key: str) -> str | None:
+        value = info.get(key)
+        return str(value) if value else None
+
+    return SubjectOrganization(
+        name=str(info.get("organizationName", "")),
+        country=str(info.get("organizationCountry", "")).upper(),
+        state=opt("organizationState"),
+        locality=opt("organizationCity"),
+        postal_code=opt("organizationPostCode"),
+        street=opt("organizationAddress"),
+        registration_number=opt("organizationRegNumber"),
+        jurisdiction_country=str(info.get("organizationCountry", "")).upper() or None,
+        business_category="Private Organization" if order.validation_level == "ev" else None,
+    )
+
+
+def _prepare(ctx: OrdersContext, session: Session, order: Order, now: datetime) -> Certificate | None:
+    if order.status != Status.PENDING or order.ov_status != "done":
+        return None
+    if any(name.verified_at is None for name in order.names):
+        return None
+    pending = session.scalar(
+        select(Certificate).where(Certificate.order_id == order.id, Certificate.state == "signing")
+    )
+    if pending is not None:
+        return pending  # an earlier attempt crashed after step 1: sign the same data again
+    generation = 1 + len(
+        session.scalars(select(Certificate.id).where(Certificate.order_id == order.id)).all()
+    )
+    not_before = now - BACKDATE
+    if order.trial_days:
+        due = now + timedelta(days=order.trial_days)
+    else:
+        due = add_years(now, order.years)
+    cert = Certificate(
+        order_id=order.id,
+        generation=generation,
+        serial_hex=format(ctx.ca.new_serial(), "x"),
+        issuer="sandbox" if order.sandbox else "production",
+        state="signing",
+        not_before=not_before,
+        not_after=leaf_not_after(not_before, due),
+        created_at=now,
+    )
+    order.due_at = order.due_at or due
+    session.add(cert)
+    session.flush()
+    return cert
+
+
+def _held_key(ctx: OrdersContext, order: Order) -> PrivateKey | None:
+    if order.key_encrypted is None:
+        return None
+    pem = ctx.box.decrypt(order.key_encrypted, context=order.cert_id.encode("ascii"))
+    # Keys in this column were made or checked by certbroker: skip the slow RSA re-validation.
+    return load_private_key_pem(pem, trusted=True)
+
+
+def _bundles(ctx: OrdersContext, order: Order, key: PrivateKey, leaf: x509.Certificate) -> str:
+    issuer = ctx.ca.issuer(order.sandbox)
+    chain = [issuer.certificate]
+    p12_pass, jks_pass = random_password(), random_password()
+    bundle = {
+        "pkcs12": base64.b64encode(
+            make_pkcs12(key, leaf, chain, p12_pass, friendly_name=order.cert_id)
+        ).decode("ascii"),
+        "pkcsPass": p12_pass,
+        "jks": base64.b64encode(make_jks(key, leaf, chain, jks_pass, alias=order.cert_id)).decode(
+            "ascii"
+        ),
+        "jksPass": jks_pass,
+    }
+    # The bundles hold the private key: encrypted at rest like the key itself.
+    return ctx.box.encrypt(
+        json.dumps(bundle).encode("utf-8"), context=f"bundle:{order.cert_id}".encode("ascii")
+    )
+
+
+def issue_order(ctx: OrdersContext, order_id: int, owner: str) -> bool:
+    """Sign the order's certificate if it is still ready and ours; True when it was issued."""
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        order = session.get(Order, order_id)
+        if order is None or order.lease_owner != owner:
+            return False
+        cert = _prepare(ctx, session, order, now)
+        if cert is None:
+            order.issue_due_at = None
+            return False
+        names = [n.name for n in order.names]
+        request = LeafRequest(
+            serial=int(cert.serial_hex, 16),
+            public_key=x509.load_pem_x509_csr(order.csr_pem.encode("ascii")).public_key(),
+            names=names,
+            not_before=cert.not_before,
+            not_after=cert.not_after,
+            validation_level=order.validation_level,
+            organization=organization_of(order),
+            sandbox=order.sandbox,
+        )
+        cert_row_id, cert_id = cert.id, order.cert_id
+    leaf = ctx.ca.sign(request)
+    with ctx.db.transaction() as session:
+        order = session.get(Order, order_id)
+        cert = session.get(Certificate, cert_row_id)
+        if order is None or cert is None or cert.state != "signing":
+            return False
+        if order.status != Status.PENDING or order.lease_owner != owner:
+            return False
+        key = _held_key(ctx, order)
+        issuer = ctx.ca.issuer(order.sandbox)
+        cert.pem = leaf.public_bytes(Encoding.PEM).decode("ascii")
+        cert.chain_pem = issuer.chain_pem
+        cert.state = "issued"
+        cert.issued_at = now
+        if key is not None:
+            cert.bundles_encrypted = _bundles(ctx, order, key, leaf)
+        order.status = Status.COMPLETE
+        order.completed_at = order.completed_at or now
+        order.issue_due_at = None
+        order.lease_owner = None
+        order.lease_until = None
+        order.updated_at = now
+        record_event(session, order, "certificate.issued", {"serial": cert.serial_hex}, now)
+    del cert_id
+    return True

@@ -1,0 +1,248 @@
+"""validate and place (SPEC 4.1, 4.2): every check, then one transaction that charges and creates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from certbroker.catalog.catalog import Product
+from certbroker.orders import ledger
+from certbroker.orders.accounts import AccountRef
+from certbroker.orders.context import OrdersContext
+from certbroker.orders.csr_policy import (
+    OrderKey,
+    check_customer_csr,
+    generate_order_key,
+    key_spec_for,
+    requested_names,
+)
+from certbroker.orders.errors import ApiError, Code
+from certbroker.orders.events import record_event
+from certbroker.orders.ids import new_cert_id, new_order_num
+from certbroker.orders.params import OrderParams, decode_params, parse_order_params
+from certbroker.orders.states import Status
+from certbroker.pki.keys import private_key_to_pem
+from certbroker.store.models import Account, Order, OrderName
+
+MAX_REF_ID = 128
+
+
+@dataclass(frozen=True)
+class CheckedOrder:
+    product: Product
+    years: int
+    params: OrderParams
+    names: list[str]
+    price_cents: int
+    request_hash: str
+
+
+def parse_years(raw: object, product: Product) -> int:
+    try:
+        years = int(str(raw).strip()) if raw is not None and str(raw).strip() else None
+    except ValueError:
+        years = None
+    if years is None:
+        raise ApiError(Code.INVALID, {"years": ["years is required and must be a whole number"]})
+    sold = product.years_sold()
+    if years not in sold:
+        raise ApiError(
+            Code.PRODUCT,
+            f"product {product.code} is not sold for {years} years; "
+            f"terms sold: {', '.join(str(y) for y in sold)}",
+        )
+    return years
+
+
+def _request_hash(product_code: str, years: int, params: dict[str, Any]) -> str:
+    canonical = json.dumps(
+        {"productCode": product_code, "years": years, "params": params},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def check_order(ctx: OrdersContext, product_code: object, years_raw: object, raw_params: object) -> CheckedOrder:
+    """Every check of `place` that needs no database: product, term, params, names, price."""
+    if not isinstance(product_code, str) or not product_code.strip():
+        raise ApiError(Code.INVALID, {"productCode": ["productCode is required"]})
+    product = ctx.catalog.require(product_code.strip())
+    years = parse_years(years_raw, product)
+    params_dict = decode_params(raw_params)
+    params = parse_order_params(params_dict, product)
+    names = requested_names(params)
+    price = ctx.catalog.price_cents(product, years, names)
+    return CheckedOrder(
+        product=product,
+        years=years,
+        params=params,
+        names=names,
+        price_cents=price,
+        request_hash=_request_hash(product.code, years, params_dict),
+    )
+
+
+def _order_key(ctx: OrdersContext, checked: CheckedOrder) -> OrderKey:
+    if checked.params.csr:
+        return check_customer_csr(checked.params, checked.names)
+    return generate_order_key(checked.names, key_spec_for(checked.params, ctx.policy.default_key_spec))
+
+
+def _require_balance(session: Session, account_id: int, price_cents: int) -> None:
+    balance = ledger.balance_cents(session, account_id)
+    if balance < price_cents:
+        raise ApiError(
+            Code.BALANCE,
+            f"Insufficient balance: the order costs {ledger.format_cents(price_cents)} USD, "
+            f"the balance is {ledger.format_cents(balance)} USD",
+        )
+
+
+def validate(ctx: OrdersContext, account: AccountRef, product_code: object, years: object,
+             raw_params: object) -> None:
+    """Run every check of place; charge nothing, store nothing (SPEC 4.1)."""
+    checked = check_order(ctx, product_code, years, raw_params)
+    if checked.params.csr:
+        check_customer_csr(checked.params, checked.names)
+    else:
+        key_spec_for(checked.params, ctx.policy.default_key_spec)
+    with ctx.db.transaction() as session:
+        _require_balance(session, account.id, checked.price_cents)
+
+
+def _normalize_ref_id(ref_id: object) -> str | None:
+    if ref_id is None:
+        return None
+    text = str(ref_id).strip()
+    if not text:
+        return None
+    if len(text) > MAX_REF_ID:
+        raise ApiError(Code.INVALID, {"refId": [f"refId is longer than {MAX_REF_ID} characters"]})
+    return text
+
+
+def _existing_by_ref(session: Session, account_id: int, ref_id: str, request_hash: str) -> Order | None:
+    order = session.scalar(
+        select(Order).where(Order.account_id == account_id, Order.ref_id == ref_id)
+    )
+    if order is None:
+        return None
+    if order.request_hash != request_hash:
+        raise ApiError(
+            Code.INVALID,
+            {"refId": [f"refId {ref_id} was already used for a different order ({order.cert_id})"]},
+        )
+    return order
+
+
+def place(ctx: OrdersContext, account: AccountRef, product_code: object, years: object,
+          ref_id_raw: object, raw_params: object) -> Order:
+    """Charge and create in one transaction; a retry under the same refId returns the same order."""
+    checked = check_order(ctx, product_code, years, raw_params)
+    ref_id = _normalize_ref_id(ref_id_raw)
+    if ref_id is not None:
+        with ctx.db.transaction() as session:
+            existing = _existing_by_ref(session, account.id, ref_id, checked.request_hash)
+        if existing is not None:
+            return existing
+    key = _order_key(ctx, checked)  # key generation is slow: outside the transaction
+    try:
+        with ctx.db.transaction() as session:
+            return _create(ctx, session, account, checked, key, ref_id)
+    except IntegrityError:
+        # A concurrent call with the same refId won the unique constraint: answer as a retry.
+        if ref_id is None:
+            raise
+        with ctx.db.transaction() as session:
+            existing = _existing_by_ref(session, account.id, ref_id, checked.request_hash)
+        if existing is None:
+            raise
+        return existing
+
+
+def _create(ctx: OrdersContext, session: Session, account: AccountRef, checked: CheckedOrder,
+            key: OrderKey, ref_id: str | None) -> Order:
+    now = ctx.clock.now()
+    # Serialise orders of one account (PostgreSQL row lock; SQLite holds the write lock already).
+    session.execute(select(Account.id).where(Account.id == account.id).with_for_update())
+    if ref_id is not None:
+        existing = _existing_by_ref(session, account.id, ref_id, checked.request_hash)
+        if existing is not None:
+            return existing
+    _require_balance(session, account.id, checked.price_cents)
+    cert_id = new_cert_id(now)
+    params = checked.params
+    apply_params = params.to_apply_params()
+    apply_params["csr"] = key.csr.pem
+    order = Order(
+        cert_id=cert_id,
+        order_num=new_order_num(now),
+        account_id=account.id,
+        ref_id=ref_id,
+        request_hash=checked.request_hash,
+        product_code=checked.product.code,
+        validation_level=checked.product.validation_type,
+        years=checked.years,
+        price_cents=checked.price_cents,
+        status=Status.PENDING,
+        ov_status="done" if checked.product.validation_type == "dv" else "processing",
+        sandbox=account.sandbox,
+        server=params.server,
+        unique_value=params.unique_value,
+        csr_pem=key.csr.pem,
+        key_spec=key.key_spec,
+        apply_params=apply_params,
+        trial_days=checked.product.trial_days,
+        created_at=now,
+        updated_at=now,
+        validation_deadline=now + ctx.policy.dcv_window,
+    )
+    session.add(order)
+    session.flush()
+    if key.private_key is not None:
+        order.key_encrypted = ctx.box.encrypt(
+            private_key_to_pem(key.private_key).encode("ascii"), context=cert_id.encode("ascii")
+        )
+    for position, (domain, name) in enumerate(zip(params.domains, checked.names, strict=True)):
+        row = OrderName(
+            order_id=order.id,
+            position=position,
+            name=name,
+            dcv_method=domain.dcv_method,
+            dcv_email=domain.dcv_email,
+            attempts=0,
+            next_check_at=now,
+        )
+        if account.sandbox:
+            # Sandbox accounts: validation passes without a published file (integration testing).
+            row.verified_at = now
+            row.verified_how = "sandbox"
+            row.next_check_at = None
+            row.last_result = "sandbox account: validation skipped"
+        session.add(row)
+    if account.sandbox:
+        order.ov_status = "done"
+        order.issue_due_at = now
+    ledger.post(
+        session,
+        account_id=account.id,
+        amount_cents=-checked.price_cents,
+        kind="charge",
+        op_key=f"charge:{cert_id}",
+        order_id=order.id,
+        now=now,
+        note=f"{checked.product.code} {checked.years}y",
+    )
+    record_event(session, order, "order.placed", {"productCode": checked.product.code}, now)
+    session.flush()
+    session.refresh(order)
+    return order

@@ -1,0 +1,54 @@
+"""Order states and which call is allowed in which state: the one table (DESIGN.md "Order states")."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from certbroker.orders.errors import ApiError, Code
+
+
+class Status(StrEnum):
+    PENDING = "PENDING"
+    COMPLETE = "COMPLETE"
+    CANCELLED = "CANCELLED"
+    FAILED = "FAILED"
+    REVOKED = "REVOKED"
+    REISSUED = "REISSUED"
+    EXPIRED = "EXPIRED"
+
+
+class Operation(StrEnum):
+    COLLECT = "collect"
+    CANCEL = "cancel"
+    UPDATE_DCV = "updateDCV"
+    REMOVE_DOMAIN = "removeMdcDomain"
+    REISSUE = "reissue"
+    REPLACE = "replace"
+    RENEW = "renew"
+    REVOKE = "revoke"
+    OV_DECISION = "ov"
+
+
+ALLOWED: dict[Operation, frozenset[Status]] = {
+    Operation.COLLECT: frozenset(Status),
+    Operation.CANCEL: frozenset({Status.PENDING, Status.COMPLETE}),
+    Operation.UPDATE_DCV: frozenset({Status.PENDING}),
+    Operation.REMOVE_DOMAIN: frozenset({Status.PENDING}),
+    Operation.REISSUE: frozenset({Status.COMPLETE}),
+    Operation.REPLACE: frozenset({Status.COMPLETE}),
+    Operation.RENEW: frozenset({Status.COMPLETE, Status.EXPIRED}),
+    Operation.REVOKE: frozenset({Status.COMPLETE}),
+    Operation.OV_DECISION: frozenset({Status.PENDING}),
+}
+
+
+def require_allowed(operation: Operation, status: str) -> None:
+    """Raise the wire error for `operation` on an order in `status` (SPEC section 5)."""
+    if Status(status) in ALLOWED[operation]:
+        return
+    if operation is Operation.CANCEL and status == Status.CANCELLED:
+        raise ApiError(Code.ALREADY_CANCELLED, "The order has already been cancelled")
+    raise ApiError(
+        Code.CERT_STATE,
+        f"{operation.value} is not allowed while the certificate is {status}",
+    )

@@ -1,0 +1,183 @@
+"""What `collect` shows of an order, as typed values (front ends turn them into wire formats)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from certbroker.orders.accounts import AccountRef
+from certbroker.orders.context import OrdersContext
+from certbroker.orders.dcv import DcvBlock, dcv_block, file_url
+from certbroker.orders.errors import ApiError, Code
+from certbroker.orders.states import Status
+from certbroker.store.models import Certificate, Order
+
+
+@dataclass(frozen=True)
+class NameView:
+    name: str
+    method: str
+    email: str | None
+    verified: bool
+    verified_how: str | None
+    last_checked_at: datetime | None
+    last_result: str | None
+    next_check_at: datetime | None
+    file_url: str
+
+
+@dataclass(frozen=True)
+class Issued:
+    certificate: str
+    ca_certificate: str
+    not_before: datetime
+    not_after: datetime
+    serial_hex: str
+    private_key: str | None
+    pkcs12: str | None
+    pkcs12_password: str | None
+    jks: str | None
+    jks_password: str | None
+
+
+@dataclass(frozen=True)
+class OrderView:
+    cert_id: str
+    order_num: str
+    ref_id: str | None
+    status: str
+    product_code: str
+    validation_level: str
+    years: int
+    price_cents: int
+    created_at: datetime
+    due_at: datetime | None
+    dcv: DcvBlock
+    names: tuple[NameView, ...]
+    stage_dcv: str
+    stage_ov: str
+    stage_issued: str
+    apply_params: dict[str, Any]
+    ov_note: str | None
+    failure_reason: str | None
+    issued: Issued | None
+
+
+def load_order(session: Session, account: AccountRef, cert_id: object) -> Order:
+    """The account's order; another account's certId is answered exactly like an unknown one."""
+    if not isinstance(cert_id, str) or not cert_id.strip():
+        raise ApiError(Code.INVALID, {"certId": ["certId is required"]})
+    order = session.scalar(
+        select(Order).where(Order.cert_id == cert_id.strip(), Order.account_id == account.id)
+    )
+    if order is None:
+        raise ApiError(Code.INVALID, {"certId": [f"certificate {cert_id.strip()[:40]} not found"]})
+    return order
+
+
+def _stages(order: Order) -> tuple[str, str, str]:
+    verified = all(n.verified_at is not None for n in order.names)
+    dcv = "done" if verified else "processing"
+    if order.status == Status.PENDING:
+        issued = "processing" if verified and order.ov_status == "done" else "notdone"
+    elif order.completed_at is not None:
+        issued = "done"
+    else:
+        issued = "notdone"
+    return dcv, order.ov_status, issued
+
+
+def _issued(ctx: OrdersContext, session: Session, order: Order) -> Issued | None:
+    if order.completed_at is None:
+        return None
+    cert = session.scalar(
+        select(Certificate)
+        .where(Certificate.order_id == order.id, Certificate.state == "issued")
+        .order_by(Certificate.generation.desc())
+        .limit(1)
+    )
+    if cert is None or cert.pem is None:
+        return None
+    key_pem = None
+    bundle: dict[str, str] = {}
+    if order.key_encrypted is not None:
+        key_pem = ctx.box.decrypt(order.key_encrypted, context=order.cert_id.encode()).decode()
+    if cert.bundles_encrypted is not None:
+        bundle = json.loads(
+            ctx.box.decrypt(cert.bundles_encrypted, context=f"bundle:{order.cert_id}".encode())
+        )
+    return Issued(
+        certificate=cert.pem,
+        ca_certificate=cert.chain_pem or "",
+        not_before=cert.not_before,
+        not_after=cert.not_after,
+        serial_hex=cert.serial_hex,
+        private_key=key_pem,
+        pkcs12=bundle.get("pkcs12"),
+        pkcs12_password=bundle.get("pkcsPass"),
+        jks=bundle.get("jks"),
+        jks_password=bundle.get("jksPass"),
+    )
+
+
+def view_order(ctx: OrdersContext, session: Session, order: Order) -> OrderView:
+    block = dcv_block(order.csr_pem, order.unique_value, ctx.policy.dcv_ca_domain)
+    dcv, ov, issued = _stages(order)
+    return OrderView(
+        cert_id=order.cert_id,
+        order_num=order.order_num,
+        ref_id=order.ref_id,
+        status=order.status,
+        product_code=order.product_code,
+        validation_level=order.validation_level,
+        years=order.years,
+        price_cents=order.price_cents,
+        created_at=order.created_at,
+        due_at=order.due_at,
+        dcv=block,
+        names=tuple(
+            NameView(
+                name=n.name,
+                method=n.dcv_method,
+                email=n.dcv_email,
+                verified=n.verified_at is not None,
+                verified_how=n.verified_how,
+                last_checked_at=n.last_checked_at,
+                last_result=n.last_result,
+                next_check_at=n.next_check_at,
+                file_url=file_url(n.name, block.file_name, n.dcv_method, ctx.policy),
+            )
+            for n in order.names
+        ),
+        stage_dcv=dcv,
+        stage_ov=ov,
+        stage_issued=issued,
+        apply_params=order.apply_params,
+        ov_note=order.ov_note,
+        failure_reason=order.failure_reason,
+        issued=_issued(ctx, session, order),
+    )
+
+
+def collect(ctx: OrdersContext, account: AccountRef, cert_id: object) -> OrderView:
+    with ctx.db.transaction() as session:
+        return view_order(ctx, session, load_order(session, account, cert_id))
+
+
+def cert_id_by_ref_id(ctx: OrdersContext, account: AccountRef, ref_id: object) -> str:
+    if ref_id is None or not str(ref_id).strip():
+        raise ApiError(Code.INVALID, {"refId": ["refId is required"]})
+    with ctx.db.transaction() as session:
+        cert_id = session.scalar(
+            select(Order.cert_id).where(
+                Order.account_id == account.id, Order.ref_id == str(ref_id).strip()
+            )
+        )
+    if cert_id is None:
+        raise ApiError(Code.INVALID, {"refId": [f"no order with refId {str(ref_id)[:128]}"]})
+    return cert_id

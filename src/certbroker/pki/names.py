@@ -1,0 +1,165 @@
+"""Syntax of the names a TLS certificate may carry: DNS names, wildcards and IP addresses.
+
+Only syntax lives here; which names a product or policy allows (public suffixes, private IP
+ranges, ...) is decided elsewhere.
+
+Internationalised names are converted with the standard library's ``encodings.idna`` codec,
+which implements IDNA 2003 (RFC 3490 nameprep), not IDNA 2008 (RFC 5891). The two differ for a
+few characters only (e.g. IDNA 2003 maps "ß" to "ss" where IDNA 2008 keeps it); this is an
+accepted simplification, not an oversight.
+"""
+
+from __future__ import annotations
+
+import encodings.idna
+import ipaddress
+import re
+from typing import Final, Literal
+
+NameKind = Literal["dns", "wildcard", "ip"]
+
+MAX_NAME_LENGTH: Final = 253  # RFC 1035 2.3.4: 255 octets on the wire = 253 text characters
+MAX_LABEL_LENGTH: Final = 63  # RFC 1035 2.3.4
+
+# Letters, digits and hyphens (RFC 1034 3.5 "preferred name syntax", RFC 5280 4.2.1.6).
+# Underscores are not allowed in dNSName entries (BR 7.1.2.7.12).
+_LDH_LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+# IDNA 2003 (RFC 3490 3.1) treats these as label separators too.
+_DOTS: Final = re.compile("[.\u3002\uff0e\uff61]")
+
+
+class NameSyntaxError(ValueError):
+    """A domain name or IP address is syntactically invalid."""
+
+
+def _to_a_label(label: str, name: str) -> str:
+    if label.isascii():
+        return label
+    try:
+        return encodings.idna.ToASCII(label).decode("ascii")
+    except UnicodeError as exc:
+        raise NameSyntaxError(
+            f"{name!r}: label {label!r} cannot be converted to an IDNA A-label ({exc})"
+        ) from exc
+
+
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        raise NameSyntaxError(f"{text!r}: an IPv6 zone id (%...) is not allowed in a certificate")
+    return ip
+
+
+def normalize_name(raw: str) -> str:
+    """Canonical form of a requested name, validated with :func:`classify_name`.
+
+    Strips surrounding whitespace and one trailing dot, lower-cases, converts U-labels to
+    A-labels (IDNA 2003, see module docstring) and writes IP addresses in their canonical text
+    form (``2001:DB8:0::1`` -> ``2001:db8::1``).
+    """
+    text = raw.strip()
+    if not text:
+        raise NameSyntaxError("name is empty")
+    ip = _parse_ip(text)
+    if ip is not None:
+        return str(ip)
+    text = text.lower()
+    if text.endswith("."):
+        text = text[:-1]
+    if not text:
+        raise NameSyntaxError(f"{raw.strip()!r} is not a domain name")
+    labels = _DOTS.split(text)
+    name = ".".join(_to_a_label(label, text) for label in labels)
+    classify_name(name)
+    return name
+
+
+def _check_label(label: str, name: str) -> None:
+    if not label:
+        raise NameSyntaxError(f"{name!r} has an empty label")
+    if len(label) > MAX_LABEL_LENGTH:
+        raise NameSyntaxError(
+            f"{name!r}: label {label[:20]!r}... is {len(label)} characters; "
+            f"at most {MAX_LABEL_LENGTH} allowed (RFC 1035 2.3.4)"
+        )
+    if label.startswith("-") or label.endswith("-"):
+        raise NameSyntaxError(
+            f"{name!r}: label {label!r} starts or ends with a hyphen (RFC 1034 3.5)"
+        )
+    if not _LDH_LABEL.fullmatch(label):
+        bad = next((c for c in label if not (c.isascii() and (c.isalnum() or c == "-"))), "?")
+        raise NameSyntaxError(
+            f"{name!r}: label {label!r} contains {bad!r}; only letters, digits and hyphens "
+            "are allowed (RFC 1034 3.5, BR 7.1.2.7.12)"
+        )
+    if label.startswith("xn--"):
+        # A valid A-label decodes to a U-label that converts back to the same A-label
+        # (RFC 5891 5.4 round trip; BR calls such labels P-Labels).
+        try:
+            u_label = label[4:].encode("ascii").decode("punycode")
+            valid = encodings.idna.ToASCII(u_label).decode("ascii") == label
+        except UnicodeError:
+            valid = False
+        if not valid:
+            raise NameSyntaxError(
+                f"{name!r}: label {label!r} is not a valid punycode A-label (RFC 3492)"
+            )
+    elif label[2:4] == "--":
+        # RFC 5891 4.2.3.1: hyphens in positions 3-4 are reserved for IDNA prefixes.
+        raise NameSyntaxError(
+            f"{name!r}: label {label!r} has '--' in positions 3-4, which is reserved "
+            "for IDNA (RFC 5891 4.2.3.1)"
+        )
+
+
+def classify_name(name: str) -> NameKind:
+    """Kind of an already normalized name; raises :class:`NameSyntaxError` when invalid."""
+    if not name:
+        raise NameSyntaxError("name is empty")
+    ip = _parse_ip(name)
+    if ip is not None:
+        if str(ip) != name:
+            raise NameSyntaxError(f"{name!r} is not normalized (canonical form is {str(ip)!r})")
+        return "ip"
+    if name != name.lower() or name != name.strip():
+        raise NameSyntaxError(f"{name!r} is not normalized")
+    if len(name) > MAX_NAME_LENGTH:
+        raise NameSyntaxError(
+            f"name is {len(name)} characters; at most {MAX_NAME_LENGTH} allowed (RFC 1035 2.3.4)"
+        )
+    labels = name.split(".")
+    kind: NameKind = "dns"
+    if labels[0] == "*":
+        # RFC 6125 6.4.3 / BR 3.2.2.6: the wildcard is the whole leftmost label, and it may not
+        # stand directly above a top-level domain.
+        kind = "wildcard"
+        labels = labels[1:]
+        if len(labels) < 2:
+            raise NameSyntaxError(
+                f"{name!r}: a wildcard needs at least two labels after '*.' (BR 3.2.2.6)"
+            )
+    elif "*" in name:
+        raise NameSyntaxError(
+            f"{name!r}: '*' is only allowed as the whole leftmost label, as in '*.example.com' "
+            "(RFC 6125 6.4.3)"
+        )
+    if len(labels) < 2:
+        raise NameSyntaxError(f"{name!r} is not a fully qualified domain name (needs a dot)")
+    for label in labels:
+        _check_label(label, name)
+    if labels[-1].isdigit():
+        raise NameSyntaxError(
+            f"{name!r}: the top-level label {labels[-1]!r} is all-numeric "
+            "(RFC 3696 2; not a valid IP address either)"
+        )
+    return kind
+
+
+def base_domain_of_wildcard(name: str) -> str:
+    """``"*.a.com"`` -> ``"a.com"``."""
+    if not name.startswith("*."):
+        raise NameSyntaxError(f"{name!r} is not a wildcard name")
+    return name[2:]

@@ -1,0 +1,102 @@
+"""One settings object: a TOML file plus `CERTBROKER_*` environment variables (DESIGN.md).
+
+The embedded default needs neither: SQLite and the built-in CA live in `data_dir`.
+The TOML file is named by `CERTBROKER_CONFIG`, or `certbroker.toml` in the data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    NoDecode,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _config_file() -> Path:
+    explicit = os.environ.get("CERTBROKER_CONFIG")
+    if explicit:
+        return Path(explicit)
+    data_dir = Path(os.environ.get("CERTBROKER_DATA_DIR", "./certbroker-data"))
+    return data_dir / "certbroker.toml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CERTBROKER_", extra="ignore")
+
+    data_dir: Path = Path("./certbroker-data")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Base of AIA/CRL/OCSP URLs and approval links; linters want a public-looking name.
+    public_url: str = "http://certbroker.example.com"
+    master_key: SecretStr | None = None
+
+    dcv_http_port: int = 80
+    dcv_https_port: int = 443
+    dcv_resolver: str | None = None
+    dcv_allow_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    dcv_timeout_seconds: float = 10.0
+    # Back-off between checks of a pending name: 1 min, 5, 15, then hourly.
+    dcv_retry_seconds: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [60, 300, 900, 3600])
+    dcv_window_days: int = 30
+    dcv_ca_domain: str = "sectigo.com"
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_from: str = "certbroker@example.com"
+    caa_domains: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["certbroker.example.com"])
+
+    ca_organization: str = "certbroker"
+    # Run the background worker inside `serve` (the default with SQLite).
+    worker_in_process: bool = True
+    worker_poll_seconds: float = 1.0
+    # Dates on the wire; the live service speaks China time (SPEC 1.5).
+    api_utc_offset_hours: int = 8
+    # Refund window for an issued certificate (SPEC 4.5).
+    cancel_refund_days: int = 30
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("dcv_allow_networks", "caa_domains", "dcv_retry_seconds", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        # Environment variables may give lists as "a,b" as well as JSON.
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=_config_file()),
+        )
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.data_dir / "ca"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'certbroker.db').resolve()}"
