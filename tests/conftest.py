@@ -90,9 +90,14 @@ class Service:
         """(orders, ledger charges) across all accounts."""
         with self.ctx.db.transaction() as session:
             orders = session.scalar(select(func.count()).select_from(Order)) or 0
-            charges = session.scalar(
-                select(func.count()).select_from(LedgerEntry).where(LedgerEntry.kind == "charge")
-            ) or 0
+            charges = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(LedgerEntry)
+                    .where(LedgerEntry.kind == "charge")
+                )
+                or 0
+            )
             return orders, charges
 
     def publish(self, placed: dict[str, Any]) -> None:

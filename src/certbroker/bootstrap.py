@@ -31,7 +31,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def master_keys(settings: Settings) -> SecretBox:
-    """The key that encrypts private keys at rest: from settings, else a file made on first start."""
+    """The key that encrypts private keys at rest: from settings, else a file made on first run."""
     if settings.master_key is not None:
         return SecretBox({MASTER_KEY_ID: settings.master_key.get_secret_value()}, MASTER_KEY_ID)
     path = settings.data_dir / MASTER_KEY_FILE
@@ -43,7 +43,8 @@ def master_keys(settings: Settings) -> SecretBox:
 def policy_from(settings: Settings) -> Policy:
     return Policy(
         dcv_window=timedelta(days=settings.dcv_window_days),
-        dcv_retry=tuple(timedelta(seconds=s) for s in settings.dcv_retry_seconds) or Policy.dcv_retry,
+        dcv_retry=tuple(timedelta(seconds=s) for s in settings.dcv_retry_seconds)
+        or Policy.dcv_retry,
         dcv_ca_domain=settings.dcv_ca_domain,
         dcv_http_port=settings.dcv_http_port,
         dcv_https_port=settings.dcv_https_port,

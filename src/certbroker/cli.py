@@ -61,9 +61,14 @@ def serve(
         # Shown once: only its hash is stored.
         out.print(f"Created reseller account '{first.name}'. Its API token (shown only now):")
         out.print(first.token, soft_wrap=True, highlight=False)
-    out.print(f"certbroker listening on http://{settings.host}:{settings.port}/ssl/ "
-              f"(data: {settings.data_dir.resolve()})", highlight=False)
-    api = create_app(ctx, worker=settings.worker_in_process, poll_seconds=settings.worker_poll_seconds)
+    out.print(
+        f"certbroker listening on http://{settings.host}:{settings.port}/ssl/ "
+        f"(data: {settings.data_dir.resolve()})",
+        highlight=False,
+    )
+    api = create_app(
+        ctx, worker=settings.worker_in_process, poll_seconds=settings.worker_poll_seconds
+    )
     uvicorn.run(api, host=settings.host, port=settings.port, log_config=None, access_log=False)
 
 
@@ -77,8 +82,10 @@ def db_upgrade() -> None:
 @account_app.command("create")
 def account_create(
     name: str,
-    sandbox: Annotated[bool, typer.Option(help="Validation passes without DCV; sandbox CA")] = False,
-    token_label: Annotated[str, typer.Option(help="Label of the first token")] = "initial",
+    sandbox: Annotated[
+        bool, typer.Option(help="Validation passes without DCV; sandbox CA")
+    ] = False,
+    token_label: Annotated[str, typer.Option(help="Label of the first token")] = "initial",  # noqa: S107
 ) -> None:
     """Create a reseller account and its first API token (printed once)."""
     db = _db()
@@ -90,7 +97,9 @@ def account_create(
             account_id, token_id = account.id, row.id
     except ValueError as exc:
         raise _fail(str(exc)) from exc
-    out.print(f"account {account_id} '{name}'{' (sandbox)' if sandbox else ''}; token id {token_id}:")
+    out.print(
+        f"account {account_id} '{name}'{' (sandbox)' if sandbox else ''}; token id {token_id}:"
+    )
     out.print(token, soft_wrap=True, highlight=False)
 
 
@@ -102,8 +111,13 @@ def account_list() -> None:
         rows = accounts.list_accounts(session)
     table = Table("id", "name", "sandbox", "balance (USD)", "active tokens")
     for row in rows:
-        table.add_row(str(row.id), row.name, "yes" if row.sandbox else "no",
-                      ledger.format_cents(row.balance_cents), str(row.active_tokens))
+        table.add_row(
+            str(row.id),
+            row.name,
+            "yes" if row.sandbox else "no",
+            ledger.format_cents(row.balance_cents),
+            str(row.active_tokens),
+        )
     out.print(table)
 
 
@@ -125,8 +139,15 @@ def account_topup(
     try:
         with db.transaction() as session:
             row = accounts.find_account(session, account)
-            ledger.post(session, account_id=row.id, amount_cents=cents, kind="topup",
-                        op_key=f"topup:{token_hex(12)}", now=clock.now(), note=note)
+            ledger.post(
+                session,
+                account_id=row.id,
+                amount_cents=cents,
+                kind="topup",
+                op_key=f"topup:{token_hex(12)}",
+                now=clock.now(),
+                note=note,
+            )
             session.flush()
             balance = ledger.balance_cents(session, row.id)
     except accounts.UnknownAccountError as exc:
@@ -144,7 +165,9 @@ def token_create(
     try:
         with db.transaction() as session:
             row, token = accounts.create_token(
-                session, accounts.find_account(session, account), label=label,
+                session,
+                accounts.find_account(session, account),
+                label=label,
                 now=SystemClock().now(),
             )
             token_id = row.id

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
-    PydanticBaseSettingsSource,
     NoDecode,
+    PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
@@ -46,14 +46,18 @@ class Settings(BaseSettings):
     dcv_allow_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
     dcv_timeout_seconds: float = 10.0
     # Back-off between checks of a pending name: 1 min, 5, 15, then hourly.
-    dcv_retry_seconds: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [60, 300, 900, 3600])
+    dcv_retry_seconds: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [60, 300, 900, 3600]
+    )
     dcv_window_days: int = 30
     dcv_ca_domain: str = "sectigo.com"
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
     smtp_from: str = "certbroker@example.com"
-    caa_domains: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["certbroker.example.com"])
+    caa_domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["certbroker.example.com"]
+    )
 
     ca_organization: str = "certbroker"
     # Run the background worker inside `serve` (the default with SQLite).

@@ -41,8 +41,9 @@ class Live:
     site: DcvHttpServer
 
     def call(self, endpoint: str, **fields: Any) -> dict[str, Any]:
-        response = httpx.post(f"{self.url}/ssl/{endpoint}",
-                              data={"api_token": self.token, **fields}, timeout=30)
+        response = httpx.post(
+            f"{self.url}/ssl/{endpoint}", data={"api_token": self.token, **fields}, timeout=30
+        )
         assert response.status_code == 200, response.text
         result: dict[str, Any] = response.json()
         return result
@@ -97,8 +98,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                     break
                 except httpx.TransportError:
                     time.sleep(0.1)
-            topup = subprocess.run([CLI, "account", "topup", "default", "5000"], env=env,
-                                   capture_output=True, text=True, check=True)
+            topup = subprocess.run(
+                [CLI, "account", "topup", "default", "5000"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             assert "5000.00" in topup.stdout
             try:
                 yield Live(url, token, tmp / "data", log_path, env, site)
@@ -116,7 +122,7 @@ def check_chain(live: Live, data: dict[str, Any]) -> x509.Certificate:
 
 def test_ca_key_files_are_owner_only(live: Live) -> None:
     keys = sorted((live.data_dir / "ca").glob("*.key"))
-    assert len(keys) == 3
+    assert len(keys) == 4
     for key in keys:
         assert key.stat().st_mode & 0o777 == 0o600, key
     assert (live.data_dir / "master.key").stat().st_mode & 0o777 == 0o600
@@ -127,8 +133,13 @@ def test_order_with_client_csr(live: Live) -> None:
     csr = build_csr(key, ["www.shop.example.com"]).pem
     import json
 
-    params = json.dumps({"server": "nginx", "csr": csr, "domainInfo": [
-        {"domainName": "www.shop.example.com", "dcvMethod": "HTTP_CSR_HASH"}]})
+    params = json.dumps(
+        {
+            "server": "nginx",
+            "csr": csr,
+            "domainInfo": [{"domainName": "www.shop.example.com", "dcvMethod": "HTTP_CSR_HASH"}],
+        }
+    )
     placed = live.call("place", productCode="comodo-ssl", years="1", params=params)
     assert placed["code"] == 1, placed
     live.site.serve_file(placed["data"]["DCVfileName"], placed["data"]["DCVfileContent"])
@@ -146,9 +157,15 @@ def _spki(cert: x509.Certificate) -> bytes:
 def test_order_without_csr_gives_key_pkcs12_and_jks(live: Live, tmp_path: Path) -> None:
     import json
 
-    params = json.dumps({"server": "tomcat", "domainInfo": [
-        {"domainName": "api.example.com", "dcvMethod": "HTTP_CSR_HASH"},
-        {"domainName": "app.example.com", "dcvMethod": "HTTP_CSR_HASH"}]})
+    params = json.dumps(
+        {
+            "server": "tomcat",
+            "domainInfo": [
+                {"domainName": "api.example.com", "dcvMethod": "HTTP_CSR_HASH"},
+                {"domainName": "app.example.com", "dcvMethod": "HTTP_CSR_HASH"},
+            ],
+        }
+    )
     placed = live.call("place", productCode="sectigo-multi-domain", years="2", params=params)
     assert placed["code"] == 1, placed
     live.site.serve_file(placed["data"]["DCVfileName"], placed["data"]["DCVfileContent"])
@@ -161,22 +178,37 @@ def test_order_without_csr_gives_key_pkcs12_and_jks(live: Live, tmp_path: Path) 
     p12.write_bytes(base64.b64decode(data["pkcs12"]))
     opened = subprocess.run(
         ["openssl", "pkcs12", "-in", str(p12), "-passin", f"pass:{data['pkcsPass']}", "-nodes"],
-        capture_output=True, text=True)
+        capture_output=True,
+        text=True,
+    )
     assert opened.returncode == 0, opened.stderr
     assert "PRIVATE KEY" in opened.stdout and "CERTIFICATE" in opened.stdout
     p12_key, p12_cert, _chain = pkcs12.load_key_and_certificates(
-        p12.read_bytes(), data["pkcsPass"].encode())
+        p12.read_bytes(), data["pkcsPass"].encode()
+    )
     assert p12_cert is not None and p12_cert == leaf
     assert p12_key is not None and public_key_matches(p12_key, leaf.public_key())  # type: ignore[arg-type]
 
     store = tmp_path / "bundle.jks"
     store.write_bytes(base64.b64decode(data["jks"]))
     listed = subprocess.run(
-        ["keytool", "-list", "-rfc", "-keystore", str(store), "-storetype", "JKS",
-         "-storepass", data["jksPass"]], capture_output=True, text=True)
+        [
+            "keytool",
+            "-list",
+            "-rfc",
+            "-keystore",
+            str(store),
+            "-storetype",
+            "JKS",
+            "-storepass",
+            data["jksPass"],
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert "PrivateKeyEntry" in listed.stdout
-    first_pem = listed.stdout[listed.stdout.index("-----BEGIN CERTIFICATE-----"):]
+    first_pem = listed.stdout[listed.stdout.index("-----BEGIN CERTIFICATE-----") :]
     assert x509.load_pem_x509_certificate(first_pem.encode()) == leaf
     keystore = jks.KeyStore.loads(store.read_bytes(), data["jksPass"])
     entry = next(iter(keystore.private_keys.values()))
@@ -189,21 +221,28 @@ def test_order_without_csr_gives_key_pkcs12_and_jks(live: Live, tmp_path: Path) 
 def test_twenty_simultaneous_places_with_one_ref_id(live: Live) -> None:
     import json
 
-    params = json.dumps({"server": "nginx", "domainInfo": [
-        {"domainName": "race.example.com", "dcvMethod": "HTTP_CSR_HASH"}]})
+    params = json.dumps(
+        {
+            "server": "nginx",
+            "domainInfo": [{"domainName": "race.example.com", "dcvMethod": "HTTP_CSR_HASH"}],
+        }
+    )
     balance_before = live.sql("SELECT SUM(amount_cents) FROM ledger")[0][0]
 
     def place(_i: int) -> dict[str, Any]:
-        return live.call("place", productCode="comodo-ssl", years="1", refId="RACE-1",
-                         params=params)
+        return live.call(
+            "place", productCode="comodo-ssl", years="1", refId="RACE-1", params=params
+        )
 
     with ThreadPoolExecutor(max_workers=20) as pool:
         results = list(pool.map(place, range(20)))
     assert all(r["code"] == 1 for r in results), [r for r in results if r["code"] != 1]
     assert len({r["data"]["certId"] for r in results}) == 1
     assert live.sql("SELECT COUNT(*) FROM orders WHERE ref_id = 'RACE-1'") == [(1,)]
-    charges = live.sql("SELECT COUNT(*), SUM(amount_cents) FROM ledger l JOIN orders o "
-                       "ON o.id = l.order_id WHERE o.ref_id = 'RACE-1'")
+    charges = live.sql(
+        "SELECT COUNT(*), SUM(amount_cents) FROM ledger l JOIN orders o "
+        "ON o.id = l.order_id WHERE o.ref_id = 'RACE-1'"
+    )
     assert charges == [(1, -1200)]
     assert live.sql("SELECT SUM(amount_cents) FROM ledger")[0][0] == balance_before - 1200
 

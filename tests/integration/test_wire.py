@@ -16,11 +16,13 @@ PARAMS = {
 
 def test_multipart_form(service: Service) -> None:
     service.topup(100)
-    fields = {"api_token": service.token, "productCode": "comodo-ssl", "years": "1",
-              "params": json.dumps(PARAMS)}
-    response = service.client.post(
-        "/ssl/place", files={k: (None, v) for k, v in fields.items()}
-    )
+    fields = {
+        "api_token": service.token,
+        "productCode": "comodo-ssl",
+        "years": "1",
+        "params": json.dumps(PARAMS),
+    }
+    response = service.client.post("/ssl/place", files={k: (None, v) for k, v in fields.items()})
     assert response.headers["content-type"].startswith("application/json")
     assert response.json()["code"] == 1
     assert response.request.headers["content-type"].startswith("multipart/form-data")
@@ -28,17 +30,27 @@ def test_multipart_form(service: Service) -> None:
 
 def test_urlencoded_form(service: Service) -> None:
     service.topup(100)
-    response = service.client.post("/ssl/validate", data={
-        "api_token": service.token, "productCode": "comodo-ssl", "years": "1",
-        "params": json.dumps(PARAMS)})
+    response = service.client.post(
+        "/ssl/validate",
+        data={
+            "api_token": service.token,
+            "productCode": "comodo-ssl",
+            "years": "1",
+            "params": json.dumps(PARAMS),
+        },
+    )
     assert response.request.headers["content-type"] == "application/x-www-form-urlencoded"
     assert response.json() == {"code": 1}
 
 
 def test_json_body_with_params_as_string_like_the_php_sdk(service: Service) -> None:
     service.topup(100)
-    body = {"api_token": service.token, "productCode": "comodo-ssl", "years": "1",
-            "params": json.dumps(PARAMS)}
+    body = {
+        "api_token": service.token,
+        "productCode": "comodo-ssl",
+        "years": "1",
+        "params": json.dumps(PARAMS),
+    }
     response = service.client.post("/ssl/place", json=body)
     assert response.json()["code"] == 1
 
@@ -54,8 +66,9 @@ def test_endpoint_names_are_case_insensitive(service: Service) -> None:
     for path in ("/ssl/productlist", "/ssl/PRODUCTLIST", "/ssl/productList"):
         response = service.client.post(path, data={"api_token": service.token})
         assert response.json()["code"] == 1, path
-    response = service.client.post("/ssl/certidbyrefid", data={"api_token": service.token,
-                                                                "refId": "x"})
+    response = service.client.post(
+        "/ssl/certidbyrefid", data={"api_token": service.token, "refId": "x"}
+    )
     assert response.json()["errors"] == {"refId": ["no order with refId x"]}
 
 
@@ -90,8 +103,9 @@ def test_revoked_token_is_refused(service: Service) -> None:
 def test_non_json_params_and_bad_bodies(service: Service) -> None:
     result = service.call("place", productCode="comodo-ssl", years="1", params="{not json")
     assert result["code"] == -1 and "params" in result["errors"]
-    bad_json = service.client.post("/ssl/place", content=b"{oops",
-                                   headers={"content-type": "application/json"})
+    bad_json = service.client.post(
+        "/ssl/place", content=b"{oops", headers={"content-type": "application/json"}
+    )
     assert bad_json.status_code == 200 and bad_json.json()["code"] == -1
     array = service.client.post("/ssl/place", json=[1, 2])
     assert array.json() == {"code": -1, "errors": "the JSON body must be an object of fields"}
@@ -104,9 +118,19 @@ def test_product_list_and_vendor_filter(service: Service) -> None:
     sectigo = service.call("productList", vendor="Sectigo")["data"]
     assert 0 < len(sectigo) < len(everything)
     product = sectigo[0]
-    for key in ("code", "productName", "supportWildcard", "supportStandard", "supportIp",
-                "supportSan", "validationType", "maxDomain", "maxYear", "defaultProtectDomain",
-                "price"):
+    for key in (
+        "code",
+        "productName",
+        "supportWildcard",
+        "supportStandard",
+        "supportIp",
+        "supportSan",
+        "validationType",
+        "maxDomain",
+        "maxYear",
+        "defaultProtectDomain",
+        "price",
+    ):
         assert key in product
     assert "price012" in product["price"]["basePrice"]
     levels = {p["validationType"] for p in everything}
@@ -123,8 +147,11 @@ def test_openapi_documents_every_endpoint_and_its_fields(service: Service) -> No
     for endpoint in ENDPOINTS:
         operation = doc["paths"][f"/ssl/{endpoint.name}"]["post"]
         content = operation["requestBody"]["content"]
-        assert set(content) == {"multipart/form-data", "application/x-www-form-urlencoded",
-                                "application/json"}
+        assert set(content) == {
+            "multipart/form-data",
+            "application/x-www-form-urlencoded",
+            "application/json",
+        }
         ref = content["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
         assert "api_token" in schemas[ref]["properties"]
     assert "params" in schemas["OrderFields"]["properties"]

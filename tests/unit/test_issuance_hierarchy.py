@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import (
@@ -51,14 +52,18 @@ def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture(scope="module")
-def root(ca_dir: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate((ca_dir / "root.pem").read_bytes())
+ROOT_STEM = {"production": "root", "sandbox": "sandbox-root"}
 
 
 @pytest.fixture(scope="module", params=["production", "sandbox"])
 def issuer(request: pytest.FixtureRequest, ca_dir: Path) -> Issuer:
     return load_issuer(ca_dir, request.param, PUBLIC_URL)
+
+
+@pytest.fixture(scope="module")
+def root(issuer: Issuer, ca_dir: Path) -> x509.Certificate:
+    """The root of `issuer`: production and sandbox have roots of their own."""
+    return x509.load_pem_x509_certificate((ca_dir / f"{ROOT_STEM[issuer.name]}.pem").read_bytes())
 
 
 def test_files_and_permissions(ca_dir: Path) -> None:
@@ -134,9 +139,15 @@ def test_bad_inputs_are_refused(tmp_path: Path) -> None:
     assert not is_initialized(tmp_path / "a")
 
 
-def test_root_profile(root: x509.Certificate) -> None:
+ROOT_NAMES = {
+    "production": "CN=Acme Test Root CA,O=Acme Test,C=US",
+    "sandbox": "CN=Acme Test SANDBOX Root CA - NOT TRUSTED,O=Acme Test,C=US",
+}
+
+
+def test_root_profile(root: x509.Certificate, issuer: Issuer) -> None:
     assert root.subject == root.issuer
-    assert root.subject.rfc4514_string() == "CN=Acme Test Root CA,O=Acme Test,C=US"
+    assert root.subject.rfc4514_string() == ROOT_NAMES[issuer.name]
     key = root.public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)
     assert key.curve.name == "secp384r1"
@@ -182,15 +193,16 @@ def test_intermediate_profile(issuer: Issuer, root: x509.Certificate) -> None:
     aki = ext.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     root_ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert aki.key_identifier == root_ski.digest
+    root_stem = ROOT_STEM[issuer.name]
     crl_dp = ext.get_extension_for_class(x509.CRLDistributionPoints).value
     assert crl_dp[0].full_name == [
-        x509.UniformResourceIdentifier("http://certbroker.example.com/crl/root.crl")
+        x509.UniformResourceIdentifier(f"http://certbroker.example.com/crl/{root_stem}.crl")
     ]
     aia = ext.get_extension_for_class(x509.AuthorityInformationAccess).value
     assert [(a.access_method, a.access_location) for a in aia] == [
         (
             AuthorityInformationAccessOID.CA_ISSUERS,
-            x509.UniformResourceIdentifier("http://certbroker.example.com/ca/root.der"),
+            x509.UniformResourceIdentifier(f"http://certbroker.example.com/ca/{root_stem}.der"),
         )
     ]
 
@@ -241,7 +253,22 @@ def test_load_issuer_rejects_an_intermediate_from_another_root(
     (other / "root.pem").unlink()
     (other / "root.pem").write_bytes((ca_dir / "root.pem").read_bytes())
     with pytest.raises(ValueError, match=r"is not issued by root\.pem"):
-        load_issuer(other, "sandbox", PUBLIC_URL)
+        load_issuer(other, "production", PUBLIC_URL)
+
+
+def test_sandbox_does_not_chain_to_the_production_root(ca_dir: Path) -> None:
+    """Sandbox certificates skip DCV: whoever trusts the production root must reject them."""
+    production_root = x509.load_pem_x509_certificate((ca_dir / "root.pem").read_bytes())
+    sandbox = load_issuer(ca_dir, "sandbox", PUBLIC_URL)
+    assert sandbox.certificate.issuer != production_root.subject
+    root_key = production_root.public_key()
+    assert isinstance(root_key, ec.EllipticCurvePublicKey)
+    with pytest.raises(InvalidSignature):
+        root_key.verify(
+            sandbox.certificate.signature,
+            sandbox.certificate.tbs_certificate_bytes,
+            ec.ECDSA(hashes.SHA384()),
+        )
 
 
 def test_load_issuer_from_an_empty_directory(tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ from certbroker.pki.names import (
         ("bücher.de", "xn--bcher-kva.de"),
         ("*.BÜCHER.example", "*.xn--bcher-kva.example"),
         ("xn--bcher-kva.de", "xn--bcher-kva.de"),
+        # IDNA 2008 A-labels given as such are kept, even where IDNA 2003 would differ
+        ("xn--zca.xn--strae-oqa.de", "xn--zca.xn--strae-oqa.de"),
         ("例え.テスト", "xn--r8jz45g.xn--zckzah"),
         # IDNA 2003 separators (RFC 3490 3.1): ideographic and full-width full stops
         ("例え。テスト", "xn--r8jz45g.xn--zckzah"),
@@ -69,6 +71,8 @@ def test_normalize_name_valid(raw: str, expected: str) -> None:
         ("a[1].example.com", "contains '['"),
         ("xn--zckzah-.com", "starts or ends with a hyphen"),
         ("xn--4gqq.com", "not a valid punycode A-label"),
+        ("xn--abc-.com", "starts or ends with a hyphen"),
+        ("xn--abc.com", "not a valid punycode A-label"),
         ("\u00ad.example.com", "cannot be converted to an IDNA A-label"),
     ],
 )

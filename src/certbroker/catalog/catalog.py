@@ -35,8 +35,6 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Literal, cast
 
-from certbroker.orders.errors import ApiError, Code
-
 ValidationType = Literal["dv", "ov", "ev"]
 
 VENDORS: tuple[str, ...] = ("Sectigo", "sslTrus", "Certum", "Thawte", "Digicert")
@@ -45,11 +43,24 @@ DCV_METHODS: tuple[str, ...] = ("HTTP_CSR_HASH", "HTTPS_CSR_HASH", "CNAME_CSR_HA
 FILE_DCV_METHODS: frozenset[str] = frozenset({"HTTP_CSR_HASH", "HTTPS_CSR_HASH"})
 MAX_TERM_YEARS = 6  # price072 is the longest key the wire format has (SPEC 3.6)
 
-_PRODUCT_KEYS = frozenset({
-    "code", "productName", "vendor", "validationType", "supportWildcard", "supportStandard",
-    "supportIp", "supportSan", "maxDomain", "maxYear", "defaultProtectDomain", "price",
-    "trialDays", "dcvMethods",
-})
+_PRODUCT_KEYS = frozenset(
+    {
+        "code",
+        "productName",
+        "vendor",
+        "validationType",
+        "supportWildcard",
+        "supportStandard",
+        "supportIp",
+        "supportSan",
+        "maxDomain",
+        "maxYear",
+        "defaultProtectDomain",
+        "price",
+        "trialDays",
+        "dcvMethods",
+    }
+)
 _TERM_KEYS = {f"price{12 * y:03d}": y for y in range(1, MAX_TERM_YEARS + 1)}
 _CODE_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*\Z")
 _PRICE_RE = re.compile(r"(?:0|[1-9][0-9]{0,6})\.[0-9]{2}\Z")
@@ -57,6 +68,10 @@ _PRICE_RE = re.compile(r"(?:0|[1-9][0-9]{0,6})\.[0-9]{2}\Z")
 
 class CatalogError(ValueError):
     """The product data file is malformed; raised at load time, never per request."""
+
+
+class NotSoldError(LookupError):
+    """An unknown product, or a term or extra name the product does not sell (wire code -3)."""
 
 
 def _term_key(years: int) -> str:
@@ -181,9 +196,8 @@ class Catalog:
         product = self._by_code.get(code)
         if product is None:
             if not code:
-                raise ApiError(Code.PRODUCT, "productCode is required")
-            raise ApiError(
-                Code.PRODUCT,
+                raise NotSoldError("productCode is required")
+            raise NotSoldError(
                 f"productCode {code!r} is unknown; call productList for the codes on sale",
             )
         return product
@@ -200,12 +214,11 @@ class Catalog:
         """Price in USD cents of `years` of `product` covering `names`.
 
         Name limits (maxDomain, supportSan, ...) are enforced by `orders.params`; this only
-        prices. Raises ApiError(-3) for a term or an extra name kind that is not sold.
+        prices. Raises NotSoldError for a term or an extra name kind that is not sold.
         """
         if years not in product.base_price:
             sold = ", ".join(str(y) for y in product.years_sold())
-            raise ApiError(
-                Code.PRODUCT,
+            raise NotSoldError(
                 f"product {product.code} is not sold for {years} years; terms sold: {sold}",
             )
         billable = billable_names(names)
@@ -222,8 +235,7 @@ class Catalog:
             if not count:
                 continue
             if years not in prices:
-                raise ApiError(
-                    Code.PRODUCT,
+                raise NotSoldError(
                     f"product {product.code} sells no additional {kind} for {years} years "
                     f"(it includes {included})",
                 )
@@ -266,7 +278,7 @@ def _parse_product(raw: object, index: int, source: str) -> Product:
     def flag(key: str) -> bool:
         value = entry[key]
         if value not in ("Y", "N"):
-            raise fail(f"{key} must be \"Y\" or \"N\", got {value!r}")
+            raise fail(f'{key} must be "Y" or "N", got {value!r}')
         return value == "Y"
 
     def count(key: str, low: int, high: int) -> int:
@@ -300,8 +312,12 @@ def _parse_product(raw: object, index: int, source: str) -> Product:
         raise fail("EV products cannot allow wildcard or IP names (EV Guidelines 9.2.1, 9.8.1)")
 
     methods = entry["dcvMethods"]
-    if (not isinstance(methods, list) or not methods or len(set(methods)) != len(methods)
-            or any(m not in DCV_METHODS for m in methods)):
+    if (
+        not isinstance(methods, list)
+        or not methods
+        or len(set(methods)) != len(methods)
+        or any(m not in DCV_METHODS for m in methods)
+    ):
         raise fail(f"dcvMethods must be a non-empty list of distinct values of {DCV_METHODS}")
     dcv = tuple(m for m in DCV_METHODS if m in methods)
     if not standard and set(dcv) <= FILE_DCV_METHODS:
@@ -326,11 +342,13 @@ def _parse_product(raw: object, index: int, source: str) -> Product:
         needed += [("wildPrice", wild)] if wildcard else []
         for name, prices in needed:
             if set(prices) != set(base):
-                raise fail(f"maxDomain {max_domain} > defaultProtectDomain {included} "
-                           f"but sanPrice.{name} does not price every term sold")
+                raise fail(
+                    f"maxDomain {max_domain} > defaultProtectDomain {included} "
+                    f"but sanPrice.{name} does not price every term sold"
+                )
     if trial_days is not None:
         if sold != (1,) or base[1] != 0 or normal or wild or max_domain != included:
-            raise fail("a trial sells only price012 \"0.00\" and no extra names")
+            raise fail('a trial sells only price012 "0.00" and no extra names')
     elif any(v <= 0 for v in (*base.values(), *normal.values(), *wild.values())):
         raise fail("prices of a non-trial product must be above 0.00")
 
@@ -373,10 +391,12 @@ def _parse_prices(
                 raise fail(f"{where} has unknown key {key!r} (use price012 ... price072)")
             # decimal strings only: a float would round money
             if not isinstance(value, str) or not _PRICE_RE.match(value):
-                raise fail(f"{where}.{key} must be a decimal string like \"12.00\", got {value!r}")
+                raise fail(f'{where}.{key} must be a decimal string like "12.00", got {value!r}')
             out[_TERM_KEYS[key]] = int(Decimal(value) * 100)
         return MappingProxyType(out)
 
-    return (terms("price.basePrice", raw["basePrice"]),
-            terms("price.sanPrice.normalPrice", san["normalPrice"]),
-            terms("price.sanPrice.wildPrice", san["wildPrice"]))
+    return (
+        terms("price.basePrice", raw["basePrice"]),
+        terms("price.sanPrice.normalPrice", san["normalPrice"]),
+        terms("price.sanPrice.wildPrice", san["wildPrice"]),
+    )

@@ -11,7 +11,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from certbroker.issuance.hierarchy import Issuer, create_hierarchy, is_initialized, load_issuer
-from certbroker.issuance.profile import SubjectOrganization, build_leaf, new_serial
+from certbroker.issuance.profile import (
+    SubjectOrganization,
+    build_leaf,
+    new_serial,
+    parse_validation_level,
+)
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,6 @@ class BuiltinCa:
         return new_serial()
 
     def sign(self, request: LeafRequest) -> x509.Certificate:
-        level = request.validation_level
-        if level not in ("dv", "ov", "ev"):
-            raise ValueError(f"unknown validation level {level!r}")
         return build_leaf(
             self.issuer(request.sandbox),
             serial=request.serial,
@@ -59,6 +61,6 @@ class BuiltinCa:
             names=list(request.names),
             not_before=request.not_before,
             not_after=request.not_after,
-            validation_level=level,
+            validation_level=parse_validation_level(request.validation_level),
             organization=request.organization,
         )

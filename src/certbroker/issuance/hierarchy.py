@@ -1,7 +1,9 @@
-"""The built-in CA: one root and two TLS issuing intermediates (production and sandbox).
+"""The built-in CA: a production root and TLS issuing intermediate, and a sandbox pair.
 
 Files in the CA directory (mode 0o700): root.pem/root.key, intermediate.pem/intermediate.key,
-sandbox-intermediate.pem/sandbox-intermediate.key. Key files are mode 0o600 from the moment
+sandbox-root.pem/sandbox-root.key, sandbox-intermediate.pem/sandbox-intermediate.key. The
+sandbox has a root of its own so that its certificates, issued without domain validation, never
+chain to the production root. Key files are mode 0o600 from the moment
 they exist. Profiles follow CA/B Forum Baseline Requirements 7.1.2.1 (root) and 7.1.2.6 /
 7.1.2.10 (TLS subordinate CA operated by the root's owner, i.e. an Affiliate).
 """
@@ -31,15 +33,19 @@ from cryptography.x509.oid import (
 from certbroker.issuance.profile import new_serial
 
 IssuerName = Literal["production", "sandbox"]
-CaName = Literal["root", "production", "sandbox"]
+CaName = Literal["root", "sandbox-root", "production", "sandbox"]
 CaPrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 # File stem of each CA in the CA directory and in its public URLs.
 FILE_STEMS: dict[CaName, str] = {
     "root": "root",
+    "sandbox-root": "sandbox-root",
     "production": "intermediate",
     "sandbox": "sandbox-intermediate",
 }
+# The sandbox has a root of its own: its certificates skip domain validation, so nothing that
+# trusts the production root may ever trust them.
+ROOT_OF: dict[IssuerName, CaName] = {"production": "root", "sandbox": "sandbox-root"}
 CA_FILES: tuple[str, ...] = tuple(
     f"{stem}.{ext}" for stem in FILE_STEMS.values() for ext in ("key", "pem")
 )
@@ -283,6 +289,7 @@ def create_hierarchy(
     names = {
         "root": f"{organization} Root CA",
         "production": f"{organization} TLS Issuing CA",
+        "sandbox-root": f"{organization} SANDBOX Root CA - NOT TRUSTED",
         "sandbox": f"{organization} SANDBOX TLS Issuing CA - NOT TRUSTED",
     }
     if any(len(cn) > 64 for cn in names.values()):
@@ -290,8 +297,6 @@ def create_hierarchy(
             f"organization {organization!r} is too long: CA common names are limited to 64 "
             "characters"
         )
-    root_endpoints = ca_endpoints(public_url, "root")
-
     ca_dir.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
     os.chmod(ca_dir, _DIR_MODE)
     present = [name for name in CA_FILES if (ca_dir / name).exists()]
@@ -300,21 +305,21 @@ def create_hierarchy(
             f"CA directory {ca_dir} already holds {', '.join(present)}; refusing to overwrite"
         )
 
-    root_key = ec.generate_private_key(ec.SECP384R1())
-    root = _build_root(root_key, _ca_name(country, organization, names["root"]), now)
-    outputs: list[tuple[str, bytes, int]] = [
-        ("root.key", _key_pem(root_key), _KEY_MODE),
-        ("root.pem", _cert_pem(root), _CERT_MODE),
-    ]
+    outputs: list[tuple[str, bytes, int]] = []
     issuers: tuple[IssuerName, ...] = ("production", "sandbox")
     for which in issuers:
+        root_name = ROOT_OF[which]
+        root_key = ec.generate_private_key(ec.SECP384R1())
+        root = _build_root(root_key, _ca_name(country, organization, names[root_name]), now)
+        outputs.append((f"{FILE_STEMS[root_name]}.key", _key_pem(root_key), _KEY_MODE))
+        outputs.append((f"{FILE_STEMS[root_name]}.pem", _cert_pem(root), _CERT_MODE))
         key = ec.generate_private_key(ec.SECP384R1())
         cert = _build_intermediate(
             key=key,
             name=_ca_name(country, organization, names[which]),
             root=root,
             root_key=root_key,
-            root_endpoints=root_endpoints,
+            root_endpoints=ca_endpoints(public_url, root_name),
             now=now,
         )
         stem = FILE_STEMS[which]
@@ -363,7 +368,8 @@ def load_issuer(ca_dir: Path, which: IssuerName, public_url: str) -> Issuer:
     if which not in ("production", "sandbox"):
         raise ValueError(f"unknown issuer {which!r}; expected 'production' or 'sandbox'")
     stem = FILE_STEMS[which]
-    root = _load_cert(ca_dir, "root.pem")
+    root_file = f"{FILE_STEMS[ROOT_OF[which]]}.pem"
+    root = _load_cert(ca_dir, root_file)
     cert = _load_cert(ca_dir, f"{stem}.pem")
     key = _load_key(ca_dir, f"{stem}.key")
     if _spki(key.public_key()) != _spki(cert.public_key()):
@@ -372,7 +378,7 @@ def load_issuer(ca_dir: Path, which: IssuerName, public_url: str) -> Issuer:
         cert.verify_directly_issued_by(root)
     except (ValueError, TypeError, InvalidSignature):
         raise ValueError(
-            f"CA certificate {stem}.pem in {ca_dir} is not issued by root.pem"
+            f"CA certificate {stem}.pem in {ca_dir} is not issued by {root_file}"
         ) from None
     endpoints = ca_endpoints(public_url, which)
     return Issuer(

@@ -66,9 +66,7 @@ def list_accounts(session: Session) -> list[AccountSummary]:
     out = []
     for account in session.scalars(select(Account).order_by(Account.id)):
         tokens = session.scalars(
-            select(ApiToken).where(
-                ApiToken.account_id == account.id, ApiToken.revoked_at.is_(None)
-            )
+            select(ApiToken).where(ApiToken.account_id == account.id, ApiToken.revoked_at.is_(None))
         ).all()
         out.append(
             AccountSummary(
@@ -87,9 +85,7 @@ def create_token(
 ) -> tuple[ApiToken, str]:
     """Return the row and the token itself, which is shown once and never stored."""
     token = new_api_token()
-    row = ApiToken(
-        account_id=account.id, token_hash=hash_token(token), label=label, created_at=now
-    )
+    row = ApiToken(account_id=account.id, token_hash=hash_token(token), label=label, created_at=now)
     session.add(row)
     session.flush()
     return row, token

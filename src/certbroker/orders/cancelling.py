@@ -77,7 +77,9 @@ def _pending_ov_order(session: Session, cert_id: str) -> Order:
     if order.validation_level == "dv":
         raise ApiError(Code.CERT_STATE, f"{cert_id} is a DV order: there is no organization to vet")
     if order.ov_status != "processing":
-        raise ApiError(Code.CERT_STATE, f"the organization of {cert_id} is already {order.ov_status}")
+        raise ApiError(
+            Code.CERT_STATE, f"the organization of {cert_id} is already {order.ov_status}"
+        )
     return order
 
 
@@ -101,8 +103,10 @@ def reject_organization(ctx: OrdersContext, cert_id: str, note: str) -> None:
         order.ov_status = "failed"
         order.ov_note = note or None
         order.status = Status.FAILED
-        order.failure_reason = f"organization validation rejected: {note}" if note else (
-            "organization validation rejected"
+        order.failure_reason = (
+            f"organization validation rejected: {note}"
+            if note
+            else ("organization validation rejected")
         )
         order.issue_due_at = None
         order.updated_at = now

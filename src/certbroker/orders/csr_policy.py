@@ -71,7 +71,9 @@ def check_customer_csr(params: OrderParams, names: list[str]) -> OrderKey:
 def key_spec_for(params: OrderParams, default: str) -> str:
     spec = params.key_spec or default
     if spec not in KEY_SPECS:
-        raise ApiError(Code.INVALID, {"keyType": [f"keyType must be one of {', '.join(KEY_SPECS)}"]})
+        raise ApiError(
+            Code.INVALID, {"keyType": [f"keyType must be one of {', '.join(KEY_SPECS)}"]}
+        )
     return spec
 
 

@@ -71,8 +71,13 @@ def claim_due_names(ctx: OrdersContext, owner: str, limit: int = 50) -> list[Nam
     now = ctx.clock.now()
     with ctx.db.transaction() as session:
         rows = session.execute(
-            select(OrderName.id, OrderName.name, OrderName.dcv_method, Order.csr_pem,
-                   Order.unique_value)
+            select(
+                OrderName.id,
+                OrderName.name,
+                OrderName.dcv_method,
+                Order.csr_pem,
+                Order.unique_value,
+            )
             .join(Order, Order.id == OrderName.order_id)
             .where(
                 Order.status == Status.PENDING,

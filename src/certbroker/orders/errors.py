@@ -30,8 +30,11 @@ class ApiError(Exception):
     """
 
     def __init__(self, code: Code, errors: str | FieldErrors) -> None:
-        super().__init__(errors if isinstance(errors, str) else "; ".join(
-            f"{k}: {' '.join(v)}" for k, v in errors.items()))
+        super().__init__(
+            errors
+            if isinstance(errors, str)
+            else "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items())
+        )
         self.code = code
         self.errors = errors
 

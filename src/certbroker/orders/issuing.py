@@ -91,7 +91,9 @@ def organization_of(order: Order) -> SubjectOrganization | None:
     )
 
 
-def _prepare(ctx: OrdersContext, session: Session, order: Order, now: datetime) -> Certificate | None:
+def _prepare(
+    ctx: OrdersContext, session: Session, order: Order, now: datetime
+) -> Certificate | None:
     if order.status != Status.PENDING or order.ov_status != "done":
         return None
     if any(name.verified_at is None for name in order.names):

@@ -14,6 +14,8 @@ service rejects upper-case codes (SPEC 3.1) and clients must learn that here, no
 certbroker extension: `keyType` chooses the key the platform generates when no `csr` is sent:
 `rsa2048` (default), `rsa3072`, `rsa4096`, `ec256`, `ec384`; the aliases `RSA` (= rsa2048) and
 `ECC` / `ECDSA` (= ec256) are accepted. It is ignored when a `csr` is sent (the CSR fixes the key).
+`OrderParams.key_spec` is None when keyType was not sent, so the orders layer applies its
+configured default (`DEFAULT_KEY_TYPE` out of the box).
 
 Only the shape of a CSR is checked here ("-----BEGIN"); parsing, signature and key checks belong to
 the PKI layer. The domain-name check below is a conservative syntax check; the canonical one, with
@@ -48,17 +50,46 @@ __all__ = [
 
 # SPEC Appendix D (28 documented codes, in documented order) + `cpanel`, accepted live [OBS].
 SERVER_CODES: tuple[str, ...] = (
-    "apachessl", "citrix", "domino", "ensim", "hsphere", "iis4", "iis6", "iis7", "iplanet",
-    "javawebserv", "netscape", "ibmhttp", "novel", "oracle", "plesk", "tomcat", "webstar",
-    "whmcpane", "other", "apache2", "c2net", "cisco", "cobaltseries", "nginx", "apacheraven",
-    "redhatsap", "website", "zeusv3", "cpanel",
+    "apachessl",
+    "citrix",
+    "domino",
+    "ensim",
+    "hsphere",
+    "iis4",
+    "iis6",
+    "iis7",
+    "iplanet",
+    "javawebserv",
+    "netscape",
+    "ibmhttp",
+    "novel",
+    "oracle",
+    "plesk",
+    "tomcat",
+    "webstar",
+    "whmcpane",
+    "other",
+    "apache2",
+    "c2net",
+    "cisco",
+    "cobaltseries",
+    "nginx",
+    "apacheraven",
+    "redhatsap",
+    "website",
+    "zeusv3",
+    "cpanel",
 )
 KEY_TYPES: tuple[str, ...] = ("rsa2048", "rsa3072", "rsa4096", "ec256", "ec384")
 DEFAULT_KEY_TYPE = "rsa2048"
 _KEY_TYPE_ALIASES = {"rsa": "rsa2048", "ecc": "ec256", "ecdsa": "ec256"}
 # BR 3.2.2.4.4: constructed e-mail to the domain contact uses exactly these local parts.
 APPROVER_LOCAL_PARTS: tuple[str, ...] = (
-    "admin", "administrator", "webmaster", "hostmaster", "postmaster",
+    "admin",
+    "administrator",
+    "webmaster",
+    "hostmaster",
+    "postmaster",
 )
 ORGANIZATION_ID_TYPES: tuple[str, ...] = ("TYDMZ", "OTHERS")
 
@@ -82,21 +113,41 @@ class DomainRequest:
         return self.name.startswith("*.")
 
     def to_wire(self) -> dict[str, str]:
-        return {"domainName": self.name, "dcvMethod": self.dcv_method,
-                "dcvEmail": self.dcv_email or ""}
+        return {
+            "domainName": self.name,
+            "dcvMethod": self.dcv_method,
+            "dcvEmail": self.dcv_email or "",
+        }
 
 
 # (attribute, wire key) of a Contact, SPEC 3.3; note the wire spelling `organation`.
 _CONTACT_KEYS: tuple[tuple[str, str], ...] = (
-    ("first_name", "firstName"), ("last_name", "lastName"), ("job", "job"), ("email", "email"),
-    ("mobile", "mobile"), ("organation", "organation"), ("address", "address"), ("city", "city"),
-    ("state", "state"), ("post_code", "postCode"), ("country", "country"), ("id_type", "idType"),
+    ("first_name", "firstName"),
+    ("last_name", "lastName"),
+    ("job", "job"),
+    ("email", "email"),
+    ("mobile", "mobile"),
+    ("organation", "organation"),
+    ("address", "address"),
+    ("city", "city"),
+    ("state", "state"),
+    ("post_code", "postCode"),
+    ("country", "country"),
+    ("id_type", "idType"),
 )
-_CONTACT_REQUIRED: tuple[str, ...] = ("organation", "address", "city", "state", "postCode",
-                                      "country")
+_CONTACT_REQUIRED: tuple[str, ...] = (
+    "organation",
+    "address",
+    "city",
+    "state",
+    "postCode",
+    "country",
+)
 # (wire key of the block, name used in messages), SPEC 3.1 / live wording
 _ROLES: tuple[tuple[str, str], ...] = (
-    ("Administrator", "administrator"), ("tech", "tech"), ("finance", "finance"),
+    ("Administrator", "administrator"),
+    ("tech", "tech"),
+    ("finance", "finance"),
 )
 
 
@@ -174,7 +225,7 @@ class OrderParams:
     tech: Contact | None
     finance: Contact | None
     original_from_others: bool
-    key_spec: str | None  # key to generate; None when a CSR was sent
+    key_spec: str | None  # keyType to generate; None: not sent (use the default) or CSR sent
 
     def to_apply_params(self) -> dict[str, object]:
         """The echo `collect` returns as `applyParams` (SPEC 4.3); never includes privateKey."""
@@ -184,8 +235,11 @@ class OrderParams:
         if self.server is not None:
             out["server"] = self.server
         out["domainInfo"] = [d.to_wire() for d in self.domains]
-        for key, contact in (("Administrator", self.administrator), ("tech", self.tech),
-                             ("finance", self.finance)):
+        for key, contact in (
+            ("Administrator", self.administrator),
+            ("tech", self.tech),
+            ("finance", self.finance),
+        ):
             if contact is not None:
                 out[key] = contact.to_wire()
         if self.organization is not None:
@@ -236,17 +290,21 @@ def decode_json_field(
     if isinstance(raw, str):
         if len(raw) > MAX_JSON_CHARS:
             raise ApiError.invalid(
-                field, f"{field} is {len(raw)} characters long; at most {MAX_JSON_CHARS} allowed")
+                field, f"{field} is {len(raw)} characters long; at most {MAX_JSON_CHARS} allowed"
+            )
         try:
             value = json.loads(raw, parse_constant=_reject_constant)
         except json.JSONDecodeError as exc:
             raise ApiError.invalid(
-                field, f"{field} must be {wanted}; the string is not valid JSON "
-                       f"({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+                field,
+                f"{field} must be {wanted}; the string is not valid JSON "
+                f"({exc.msg} at line {exc.lineno} column {exc.colno})",
+            ) from None
         except (ValueError, RecursionError):
             # NaN/Infinity, over-long integers, pathological nesting
-            raise ApiError.invalid(field, f"{field} must be {wanted}; the string is not "
-                                          "valid JSON") from None
+            raise ApiError.invalid(
+                field, f"{field} must be {wanted}; the string is not valid JSON"
+            ) from None
     if expect is list and isinstance(value, list):
         return cast(list[object], value)
     if expect is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
@@ -257,8 +315,9 @@ def decode_json_field(
 def decode_params(raw: object) -> dict[str, object]:
     """The `params` form field as a dict (JSON string or already-parsed object)."""
     if _absent(raw):
-        raise ApiError.invalid("params", "params is required: a JSON object (or a JSON-encoded "
-                                         "string holding one)")
+        raise ApiError.invalid(
+            "params", "params is required: a JSON object (or a JSON-encoded string holding one)"
+        )
     return decode_json_field(raw, "params", dict)
 
 
@@ -289,9 +348,16 @@ def _absent(value: object) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _text(errs: _Errors, obj: Mapping[str, object], key: str, field: str, *,
-          label: str | None = None, max_len: int = MAX_TEXT,
-          multiline: bool = False) -> str | None:
+def _text(
+    errs: _Errors,
+    obj: Mapping[str, object],
+    key: str,
+    field: str,
+    *,
+    label: str | None = None,
+    max_len: int = MAX_TEXT,
+    multiline: bool = False,
+) -> str | None:
     """A stripped string or None when absent; numbers are accepted as text (SPEC 1.2).
 
     Errors are filed under `field`; `label` is the subject of the message (default: `key`).
@@ -360,7 +426,8 @@ def _check_name(name: str) -> tuple[NameKind | None, str]:
         return None, "the name has an empty label (leading, trailing or double dot)"
     if len(labels) < 2:
         return None, "the name needs at least two labels" + (
-            " after the wildcard" if kind == "wildcard" else "")
+            " after the wildcard" if kind == "wildcard" else ""
+        )
     for label in labels:
         if len(label) > 63:
             return None, f"label {label[:20]}... is longer than 63 characters"
@@ -391,14 +458,18 @@ def _name_key(name: str, kind: NameKind) -> str:
 def _dcv_method(errs: _Errors, value: str, field: str, product: Product) -> str | None:
     method = value.upper()
     if method not in product.dcv_methods:
-        errs.add(field, f"dcvMethod {value} is not supported by this product; use one of "
-                        f"{', '.join(product.dcv_methods)}")
+        errs.add(
+            field,
+            f"dcvMethod {value} is not supported by this product; use one of "
+            f"{', '.join(product.dcv_methods)}",
+        )
         return None
     return method
 
 
-def _domains(errs: _Errors, params: Mapping[str, object],
-             product: Product) -> tuple[DomainRequest, ...]:
+def _domains(
+    errs: _Errors, params: Mapping[str, object], product: Product
+) -> tuple[DomainRequest, ...]:
     global_method: str | None = None
     global_text = _text(errs, params, "dcvMethod", "dcvMethod")
     if global_text is not None:
@@ -406,8 +477,11 @@ def _domains(errs: _Errors, params: Mapping[str, object],
 
     raw = params.get("domainInfo")
     if _absent(raw):
-        errs.add("domainInfo", "domainInfo is required: a JSON array with one "
-                               "{domainName, dcvMethod, dcvEmail} object per name")
+        errs.add(
+            "domainInfo",
+            "domainInfo is required: a JSON array with one "
+            "{domainName, dcvMethod, dcvEmail} object per name",
+        )
         return ()
     try:
         items = decode_json_field(raw, "domainInfo", list)
@@ -418,8 +492,10 @@ def _domains(errs: _Errors, params: Mapping[str, object],
         errs.add("domainInfo", "domainInfo must contain at least one domain")
         return ()
     if len(items) > MAX_DOMAIN_ENTRIES:
-        errs.add("domainInfo", f"domainInfo has {len(items)} entries; at most "
-                               f"{MAX_DOMAIN_ENTRIES} are accepted")
+        errs.add(
+            "domainInfo",
+            f"domainInfo has {len(items)} entries; at most {MAX_DOMAIN_ENTRIES} are accepted",
+        )
         return ()
 
     # pass 1: shape, syntax, duplicates
@@ -428,8 +504,10 @@ def _domains(errs: _Errors, params: Mapping[str, object],
     for i, item in enumerate(items):
         prefix = f"domainInfo.{i}"
         if not isinstance(item, dict):
-            errs.add(prefix, f"each domainInfo entry must be an object with domainName, got "
-                             f"{_json_kind(item)}")
+            errs.add(
+                prefix,
+                f"each domainInfo entry must be an object with domainName, got {_json_kind(item)}",
+            )
             continue
         entry = cast(dict[str, object], item)
         name = _text(errs, entry, "domainName", f"{prefix}.domainName")
@@ -443,8 +521,10 @@ def _domains(errs: _Errors, params: Mapping[str, object],
             if kind is None:
                 errs.add(f"{prefix}.domainName", f"{name} is not a valid domain name: {problem}")
             elif (key := _name_key(name, kind)) in seen:
-                errs.add(f"{prefix}.domainName",
-                         f"{name} is listed twice (domainInfo entries {seen[key]} and {i})")
+                errs.add(
+                    f"{prefix}.domainName",
+                    f"{name} is listed twice (domainInfo entries {seen[key]} and {i})",
+                )
                 kind = None
             else:
                 seen[key] = i
@@ -468,15 +548,19 @@ def _domains(errs: _Errors, params: Mapping[str, object],
             continue
         if kind == "wildcard" and method in FILE_DCV_METHODS:
             # BR 3.2.2.4.18: file-based validation cannot prove control of a wildcard's namespace
-            errs.add(f"{prefix}.dcvMethod",
-                     f"{method} cannot validate the wildcard name {name} (BR 3.2.2.4.18); use "
-                     f"{' or '.join(m for m in product.dcv_methods if m not in FILE_DCV_METHODS)}")
+            errs.add(
+                f"{prefix}.dcvMethod",
+                f"{method} cannot validate the wildcard name {name} (BR 3.2.2.4.18); use "
+                f"{' or '.join(m for m in product.dcv_methods if m not in FILE_DCV_METHODS)}",
+            )
             continue
         if kind == "ip" and method not in FILE_DCV_METHODS:
             # BR 3.2.2.5: no DNS or constructed-e-mail method exists for IP addresses
-            errs.add(f"{prefix}.dcvMethod",
-                     f"{method} cannot validate the IP address {name} (BR 3.2.2.5); use "
-                     f"{' or '.join(m for m in product.dcv_methods if m in FILE_DCV_METHODS)}")
+            errs.add(
+                f"{prefix}.dcvMethod",
+                f"{method} cannot validate the IP address {name} (BR 3.2.2.5); use "
+                f"{' or '.join(m for m in product.dcv_methods if m in FILE_DCV_METHODS)}",
+            )
             continue
         email = _dcv_email(errs, entry, prefix, name, method)
         if method == "EMAIL" and email is None:
@@ -487,21 +571,30 @@ def _domains(errs: _Errors, params: Mapping[str, object],
     return tuple(result)
 
 
-def _entry_method(errs: _Errors, entry: Mapping[str, object], prefix: str,
-                  global_text: str | None, global_method: str | None,
-                  product: Product) -> str | None:
+def _entry_method(
+    errs: _Errors,
+    entry: Mapping[str, object],
+    prefix: str,
+    global_text: str | None,
+    global_method: str | None,
+    product: Product,
+) -> str | None:
     own = _text(errs, entry, "dcvMethod", f"{prefix}.dcvMethod")
     if own is not None:  # per-domain wins over params.dcvMethod (SPEC 3.2)
         return _dcv_method(errs, own, f"{prefix}.dcvMethod", product)
     if global_text is None and f"{prefix}.dcvMethod" not in errs:
-        errs.add(f"{prefix}.dcvMethod", "dcvMethod is required (per domain or as "
-                                        f"params.dcvMethod); use one of "
-                                        f"{', '.join(product.dcv_methods)}")
+        errs.add(
+            f"{prefix}.dcvMethod",
+            "dcvMethod is required (per domain or as "
+            f"params.dcvMethod); use one of "
+            f"{', '.join(product.dcv_methods)}",
+        )
     return global_method  # None when the global value was bad: reported once under dcvMethod
 
 
-def _dcv_email(errs: _Errors, entry: Mapping[str, object], prefix: str, name: str,
-               method: str) -> str | None:
+def _dcv_email(
+    errs: _Errors, entry: Mapping[str, object], prefix: str, name: str, method: str
+) -> str | None:
     field = f"{prefix}.dcvEmail"
     email = _text(errs, entry, "dcvEmail", field)
     if method != "EMAIL":
@@ -509,19 +602,25 @@ def _dcv_email(errs: _Errors, entry: Mapping[str, object], prefix: str, name: st
     allowed = approver_emails(name)
     if email is None:
         if field not in errs:
-            errs.add(field, f"dcvEmail is required when dcvMethod is EMAIL; use one of "
-                            f"{', '.join(allowed)}")
+            errs.add(
+                field,
+                f"dcvEmail is required when dcvMethod is EMAIL; use one of {', '.join(allowed)}",
+            )
         return None
     email = email.lower()
     if email not in allowed:
-        errs.add(field, f"dcvEmail {email} is not an approver address for {name}; use one of "
-                        f"{', '.join(allowed)}")
+        errs.add(
+            field,
+            f"dcvEmail {email} is not an approver address for {name}; use one of "
+            f"{', '.join(allowed)}",
+        )
         return None
     return email
 
 
-def _unsupported_type(name: str, kind: NameKind, product: Product,
-                      wildcard_bases: set[str]) -> str | None:
+def _unsupported_type(
+    name: str, kind: NameKind, product: Product, wildcard_bases: set[str]
+) -> str | None:
     if kind == "wildcard" and not product.support_wildcard:
         return f"The product does not support wildcard type({name})"  # live wording
     if kind == "ip" and not product.support_ip:
@@ -536,11 +635,17 @@ def _name_count(errs: _Errors, names: list[str], product: Product) -> None:
     count = len(billable_names(names))
     free = " (the base domain of a wildcard is included free)" if product.support_wildcard else ""
     if not product.support_san and count > 1:
-        errs.add("domainInfo", f"product {product.code} is a single-name certificate and does not "
-                               f"support additional names (SAN); {count} names given{free}")
+        errs.add(
+            "domainInfo",
+            f"product {product.code} is a single-name certificate and does not "
+            f"support additional names (SAN); {count} names given{free}",
+        )
     elif count > product.max_domain:
-        errs.add("domainInfo", f"product {product.code} covers at most {product.max_domain} "
-                               f"names; {count} given{free}")
+        errs.add(
+            "domainInfo",
+            f"product {product.code} covers at most {product.max_domain} "
+            f"names; {count} given{free}",
+        )
 
 
 # --- organization and contacts ---------------------------------------------------------------
@@ -554,8 +659,9 @@ def _country(value: str | None) -> tuple[str | None, bool]:
     return code, is_country_code(code)
 
 
-def _organization(errs: _Errors, params: Mapping[str, object], *, required: bool,
-                  complete: bool) -> Organization | None:
+def _organization(
+    errs: _Errors, params: Mapping[str, object], *, required: bool, complete: bool
+) -> Organization | None:
     obj = _object(errs, params.get("organizationInfo"), "organizationInfo")
     if obj is None:
         if required and "organizationInfo" not in errs:
@@ -570,20 +676,30 @@ def _organization(errs: _Errors, params: Mapping[str, object], *, required: bool
         values[attr] = value
     country, ok = _country(values["organization_country"])
     if not ok:
-        errs.add("organizationInfo.organizationCountry",
-                 f"organizationCountry {country} is not an ISO 3166-1 alpha-2 country code")
+        errs.add(
+            "organizationInfo.organizationCountry",
+            f"organizationCountry {country} is not an ISO 3166-1 alpha-2 country code",
+        )
     values["organization_country"] = country
     id_type = values["id_type"]
     if id_type is not None:
         values["id_type"] = id_type.upper()
         if values["id_type"] not in ORGANIZATION_ID_TYPES:
-            errs.add("organizationInfo.idType",
-                     f"idType {id_type} is not supported; use TYDMZ or OTHERS")
+            errs.add(
+                "organizationInfo.idType", f"idType {id_type} is not supported; use TYDMZ or OTHERS"
+            )
     return Organization(**values)
 
 
-def _contact(errs: _Errors, params: Mapping[str, object], key: str, role: str, *,
-             required: bool, complete: bool) -> Contact | None:
+def _contact(
+    errs: _Errors,
+    params: Mapping[str, object],
+    key: str,
+    role: str,
+    *,
+    required: bool,
+    complete: bool,
+) -> Contact | None:
     raw = params.get(key)
     if _absent(raw) and key == "Administrator":
         raw = params.get("administrator")  # tolerated spelling; the wire uses a capital A
@@ -615,8 +731,9 @@ def _contact(errs: _Errors, params: Mapping[str, object], key: str, role: str, *
 # --- the rest --------------------------------------------------------------------------------
 
 
-def _pem(errs: _Errors, params: Mapping[str, object], key: str, *, required: bool,
-         what: str) -> str | None:
+def _pem(
+    errs: _Errors, params: Mapping[str, object], key: str, *, required: bool, what: str
+) -> str | None:
     value = _text(errs, params, key, key, max_len=MAX_PEM, multiline=True)
     if value is None:
         if required and key not in errs:
@@ -629,14 +746,20 @@ def _pem(errs: _Errors, params: Mapping[str, object], key: str, *, required: boo
 
 
 def _key_type(errs: _Errors, params: Mapping[str, object], csr_sent: bool) -> str | None:
+    """The canonical keyType, or None when not sent (the orders policy default applies, which
+    is DEFAULT_KEY_TYPE unless the operator changed it) or when a CSR fixes the key."""
     value = _text(errs, params, "keyType", "keyType")
-    spec = DEFAULT_KEY_TYPE
-    if value is not None:
-        lowered = value.lower()
-        spec = _KEY_TYPE_ALIASES.get(lowered, lowered)
-        if spec not in KEY_TYPES:
-            errs.add("keyType", f"keyType {value} is not supported; use one of "
-                                f"{', '.join(KEY_TYPES)} (aliases: RSA, ECC, ECDSA)")
+    if value is None:
+        return None
+    lowered = value.lower()
+    spec = _KEY_TYPE_ALIASES.get(lowered, lowered)
+    if spec not in KEY_TYPES:
+        errs.add(
+            "keyType",
+            f"keyType {value} is not supported; use one of "
+            f"{', '.join(KEY_TYPES)} (aliases: RSA, ECC, ECDSA)",
+        )
+        return None
     return None if csr_sent else spec
 
 
@@ -644,14 +767,18 @@ def _server(errs: _Errors, params: Mapping[str, object], *, required: bool) -> s
     value = _text(errs, params, "server", "server")
     if value is None:
         if required and "server" not in errs:
-            errs.add("server", "server is required: a web-server platform code; use other "
-                               "when none applies")
+            errs.add(
+                "server",
+                "server is required: a web-server platform code; use other when none applies",
+            )
         return None
     if value not in SERVER_CODES:
-        hint = (f" (codes are lower-case: {value.lower()})"
-                if value.lower() in SERVER_CODES else "")
-        errs.add("server", f"server {value} is not a supported platform code{hint}; use one of "
-                           f"{', '.join(SERVER_CODES)}")
+        hint = f" (codes are lower-case: {value.lower()})" if value.lower() in SERVER_CODES else ""
+        errs.add(
+            "server",
+            f"server {value} is not a supported platform code{hint}; use one of "
+            f"{', '.join(SERVER_CODES)}",
+        )
         return None
     return value
 
@@ -678,8 +805,9 @@ def _flag(errs: _Errors, params: Mapping[str, object], key: str) -> bool:
     return False
 
 
-def parse_order_params(raw: object, product: Product, *, csr_required: bool = False,
-                       replace: bool = False) -> OrderParams:
+def parse_order_params(
+    raw: object, product: Product, *, csr_required: bool = False, replace: bool = False
+) -> OrderParams:
     """Decode and check `params` for an order of `product` (SPEC 3.1-3.4, Appendix G).
 
     `csr_required`: renew (SPEC 4.8). `replace` (SPEC 4.7): the csr is required, while `server`,
@@ -688,10 +816,16 @@ def parse_order_params(raw: object, product: Product, *, csr_required: bool = Fa
     """
     params = decode_params(raw)
     errs = _Errors()
-    csr = _pem(errs, params, "csr", required=csr_required or replace,
-               what="-----BEGIN CERTIFICATE REQUEST-----")
-    private_key = _pem(errs, params, "privateKey", required=False,
-                       what="-----BEGIN PRIVATE KEY-----")
+    csr = _pem(
+        errs,
+        params,
+        "csr",
+        required=csr_required or replace,
+        what="-----BEGIN CERTIFICATE REQUEST-----",
+    )
+    private_key = _pem(
+        errs, params, "privateKey", required=False, what="-----BEGIN PRIVATE KEY-----"
+    )
     if private_key is not None and csr is None and "csr" not in errs:
         errs.add("privateKey", "privateKey can only be sent together with the csr it belongs to")
     key_spec = _key_type(errs, params, csr_sent=csr is not None or "csr" in errs)
@@ -704,8 +838,10 @@ def parse_order_params(raw: object, product: Product, *, csr_required: bool = Fa
     complete = product.validation_type != "dv"
     required = complete and not replace
     organization = _organization(errs, params, required=required, complete=complete)
-    contacts = [_contact(errs, params, key, role, required=required, complete=complete)
-                for key, role in _ROLES]
+    contacts = [
+        _contact(errs, params, key, role, required=required, complete=complete)
+        for key, role in _ROLES
+    ]
     if errs.fields:
         raise ApiError(Code.INVALID, errs.fields)
     return OrderParams(

@@ -1,18 +1,17 @@
-"""validate and place (SPEC 4.1, 4.2): every check, then one transaction that charges and creates."""
+"""validate and place (SPEC 4.1, 4.2): every check, then one transaction to charge and create."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from certbroker.catalog.catalog import Product
+from certbroker.catalog.catalog import NotSoldError, Product
 from certbroker.orders import ledger
 from certbroker.orders.accounts import AccountRef
 from certbroker.orders.context import OrdersContext
@@ -71,16 +70,24 @@ def _request_hash(product_code: str, years: int, params: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def check_order(ctx: OrdersContext, product_code: object, years_raw: object, raw_params: object) -> CheckedOrder:
+def check_order(
+    ctx: OrdersContext, product_code: object, years_raw: object, raw_params: object
+) -> CheckedOrder:
     """Every check of `place` that needs no database: product, term, params, names, price."""
     if not isinstance(product_code, str) or not product_code.strip():
         raise ApiError(Code.INVALID, {"productCode": ["productCode is required"]})
-    product = ctx.catalog.require(product_code.strip())
+    try:
+        product = ctx.catalog.require(product_code.strip())
+    except NotSoldError as exc:
+        raise ApiError(Code.PRODUCT, str(exc)) from exc
     years = parse_years(years_raw, product)
     params_dict = decode_params(raw_params)
     params = parse_order_params(params_dict, product)
     names = requested_names(params)
-    price = ctx.catalog.price_cents(product, years, names)
+    try:
+        price = ctx.catalog.price_cents(product, years, names)
+    except NotSoldError as exc:
+        raise ApiError(Code.PRODUCT, str(exc)) from exc
     return CheckedOrder(
         product=product,
         years=years,
@@ -94,7 +101,9 @@ def check_order(ctx: OrdersContext, product_code: object, years_raw: object, raw
 def _order_key(ctx: OrdersContext, checked: CheckedOrder) -> OrderKey:
     if checked.params.csr:
         return check_customer_csr(checked.params, checked.names)
-    return generate_order_key(checked.names, key_spec_for(checked.params, ctx.policy.default_key_spec))
+    return generate_order_key(
+        checked.names, key_spec_for(checked.params, ctx.policy.default_key_spec)
+    )
 
 
 def _require_balance(session: Session, account_id: int, price_cents: int) -> None:
@@ -107,8 +116,9 @@ def _require_balance(session: Session, account_id: int, price_cents: int) -> Non
         )
 
 
-def validate(ctx: OrdersContext, account: AccountRef, product_code: object, years: object,
-             raw_params: object) -> None:
+def validate(
+    ctx: OrdersContext, account: AccountRef, product_code: object, years: object, raw_params: object
+) -> None:
     """Run every check of place; charge nothing, store nothing (SPEC 4.1)."""
     checked = check_order(ctx, product_code, years, raw_params)
     if checked.params.csr:
@@ -130,7 +140,9 @@ def _normalize_ref_id(ref_id: object) -> str | None:
     return text
 
 
-def _existing_by_ref(session: Session, account_id: int, ref_id: str, request_hash: str) -> Order | None:
+def _existing_by_ref(
+    session: Session, account_id: int, ref_id: str, request_hash: str
+) -> Order | None:
     order = session.scalar(
         select(Order).where(Order.account_id == account_id, Order.ref_id == ref_id)
     )
@@ -144,8 +156,14 @@ def _existing_by_ref(session: Session, account_id: int, ref_id: str, request_has
     return order
 
 
-def place(ctx: OrdersContext, account: AccountRef, product_code: object, years: object,
-          ref_id_raw: object, raw_params: object) -> Order:
+def place(
+    ctx: OrdersContext,
+    account: AccountRef,
+    product_code: object,
+    years: object,
+    ref_id_raw: object,
+    raw_params: object,
+) -> Order:
     """Charge and create in one transaction; a retry under the same refId returns the same order."""
     checked = check_order(ctx, product_code, years, raw_params)
     ref_id = _normalize_ref_id(ref_id_raw)
@@ -169,8 +187,14 @@ def place(ctx: OrdersContext, account: AccountRef, product_code: object, years: 
         return existing
 
 
-def _create(ctx: OrdersContext, session: Session, account: AccountRef, checked: CheckedOrder,
-            key: OrderKey, ref_id: str | None) -> Order:
+def _create(
+    ctx: OrdersContext,
+    session: Session,
+    account: AccountRef,
+    checked: CheckedOrder,
+    key: OrderKey,
+    ref_id: str | None,
+) -> Order:
     now = ctx.clock.now()
     # Serialise orders of one account (PostgreSQL row lock; SQLite holds the write lock already).
     session.execute(select(Account.id).where(Account.id == account.id).with_for_update())

@@ -1,4 +1,4 @@
-"""Order states and which call is allowed in which state: the one table (DESIGN.md "Order states")."""
+"""Order states and the one table of which call each state allows (DESIGN.md "Order states")."""
 
 from __future__ import annotations
 

@@ -96,11 +96,16 @@ def _check_label(label: str, name: str) -> None:
             "are allowed (RFC 1034 3.5, BR 7.1.2.7.12)"
         )
     if label.startswith("xn--"):
-        # A valid A-label decodes to a U-label that converts back to the same A-label
-        # (RFC 5891 5.4 round trip; BR calls such labels P-Labels).
+        # An A-label must be valid punycode of a non-ASCII, printable U-label and re-encode to
+        # itself (RFC 3492, RFC 5891 5.4; BR calls such labels P-Labels). No IDNA 2003
+        # round trip here: it would refuse valid IDNA 2008 labels such as xn--zca ("ß").
         try:
             u_label = label[4:].encode("ascii").decode("punycode")
-            valid = encodings.idna.ToASCII(u_label).decode("ascii") == label
+            valid = (
+                not u_label.isascii()
+                and u_label.isprintable()
+                and u_label.encode("punycode").decode("ascii") == label[4:]
+            )
         except UnicodeError:
             valid = False
         if not valid:

@@ -72,6 +72,8 @@ class Worker:
                 continue
             self._wake.clear()
             waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self._wake.wait())]
-            await asyncio.wait(waiters, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waiters, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
             for task in waiters:
                 task.cancel()

@@ -49,7 +49,10 @@ def product_list(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Ans
 
 def validate(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
     placing.validate(
-        ctx, account, text_field(fields, "productCode"), text_field(fields, "years"),
+        ctx,
+        account,
+        text_field(fields, "productCode"),
+        text_field(fields, "years"),
         fields.get("params"),
     )
     return None, {}
@@ -57,8 +60,12 @@ def validate(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
 
 def place(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
     order = placing.place(
-        ctx, account, text_field(fields, "productCode"), text_field(fields, "years"),
-        text_field(fields, "refId"), fields.get("params"),
+        ctx,
+        account,
+        text_field(fields, "productCode"),
+        text_field(fields, "years"),
+        text_field(fields, "refId"),
+        fields.get("params"),
     )
     with ctx.db.transaction() as session:
         view = views.view_order(ctx, session, views.load_order(session, account, order.cert_id))
@@ -101,20 +108,45 @@ def country(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint("productList", "Products and prices, optionally of one vendor", schemas.ProductListFields,
-             product_list),
+    Endpoint(
+        "productList",
+        "Products and prices, optionally of one vendor",
+        schemas.ProductListFields,
+        product_list,
+    ),
     Endpoint("validate", "Run every check of place without buying", schemas.OrderFields, validate),
-    Endpoint("place", "Buy a certificate: charge the balance, answer certId and DCV values",
-             schemas.OrderFields, place),
-    Endpoint("collect", "Status, DCV progress and, once COMPLETE, the certificate",
-             schemas.CertIdFields, collect),
-    Endpoint("cancel", "Cancel a pending order, or an issued one within 30 days; refunds",
-             schemas.CancelFields, cancel),
-    Endpoint("certIdByrefId", "Find a certId by your refId", schemas.RefIdFields, cert_id_by_ref_id),
-    Endpoint("DCVemail", "Approver e-mail addresses of a domain", schemas.DcvEmailFields, dcv_email),
-    Endpoint("validatefile", "HTTP file DCV values of an order (legacy)", schemas.LegacyDcvFields,
-             _legacy_dcv),
-    Endpoint("validatedns", "DNS DCV values of an order (legacy)", schemas.LegacyDcvFields,
-             _legacy_dcv),
+    Endpoint(
+        "place",
+        "Buy a certificate: charge the balance, answer certId and DCV values",
+        schemas.OrderFields,
+        place,
+    ),
+    Endpoint(
+        "collect",
+        "Status, DCV progress and, once COMPLETE, the certificate",
+        schemas.CertIdFields,
+        collect,
+    ),
+    Endpoint(
+        "cancel",
+        "Cancel a pending order, or an issued one within 30 days; refunds",
+        schemas.CancelFields,
+        cancel,
+    ),
+    Endpoint(
+        "certIdByrefId", "Find a certId by your refId", schemas.RefIdFields, cert_id_by_ref_id
+    ),
+    Endpoint(
+        "DCVemail", "Approver e-mail addresses of a domain", schemas.DcvEmailFields, dcv_email
+    ),
+    Endpoint(
+        "validatefile",
+        "HTTP file DCV values of an order (legacy)",
+        schemas.LegacyDcvFields,
+        _legacy_dcv,
+    ),
+    Endpoint(
+        "validatedns", "DNS DCV values of an order (legacy)", schemas.LegacyDcvFields, _legacy_dcv
+    ),
     Endpoint("country", "ISO 3166-1 alpha-2 country codes", schemas.TokenOnlyFields, country),
 )

@@ -17,7 +17,9 @@ def success(data: Any = None, **top_level: Any) -> JSONResponse:
     return JSONResponse(body)
 
 
-def failure(error: ApiError, http_status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+def failure(
+    error: ApiError, http_status: int = 200, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(
         {"code": int(error.code), "errors": error.errors}, status_code=http_status, headers=headers
     )

@@ -33,7 +33,7 @@ class CaseInsensitiveEndpoints:
         if scope["type"] == "http":
             path: str = scope["path"]
             if path.startswith(PREFIX):
-                tail = path[len(PREFIX):].rstrip("/")
+                tail = path[len(PREFIX) :].rstrip("/")
                 name = self.canonical.get(tail.lower())
                 if name is not None and name != tail:
                     scope = dict(scope, path=PREFIX + name, raw_path=(PREFIX + name).encode())
@@ -52,7 +52,9 @@ def _request_body_doc(model: type[Any]) -> dict[str, Any]:
     }
 
 
-def _run(ctx: OrdersContext, endpoint: Endpoint, fields: dict[str, Any]) -> tuple[Any, dict[str, Any], int]:
+def _run(
+    ctx: OrdersContext, endpoint: Endpoint, fields: dict[str, Any]
+) -> tuple[Any, dict[str, Any], int]:
     with ctx.db.transaction() as session:
         account = authenticate(session, text_field(fields, "api_token"))
     data, extra = endpoint.handler(ctx, account, fields)

@@ -21,14 +21,17 @@ class _Fields(BaseModel):
 
 class ProductListFields(_Fields):
     vendor: str | None = Field(
-        None, description="Brand filter, spelled exactly: Sectigo, sslTrus, Certum, Thawte, Digicert."
+        None,
+        description="Brand filter, spelled exactly: Sectigo, sslTrus, Certum, Thawte, Digicert.",
     )
 
 
 class OrderFields(_Fields):
     productCode: str = Field(description="Product code from productList.")
     years: int | str = Field(description="Subscription length in years (numbers as strings too).")
-    refId: str | None = Field(None, description="Your reference; also the idempotency key of place.")
+    refId: str | None = Field(
+        None, description="Your reference; also the idempotency key of place."
+    )
     params: JsonText = Field(
         description="Order information (SPEC 3.1) as a JSON string or an object: csr, privateKey, "
         "server, uniqueValue, dcvMethod, domainInfo, organizationInfo, Administrator, tech, "
@@ -67,8 +70,10 @@ class TokenOnlyFields(_Fields):
 class Envelope(BaseModel):
     """Every answer: `code` 1 on success; `errors` a string or `{field: [messages]}` otherwise."""
 
-    code: int = Field(description="1 success; -1 invalid input; -3 product/term; -4 balance; "
-                      "-7 certificate state; -8 already cancelled; 400 bad api_token.")
+    code: int = Field(
+        description="1 success; -1 invalid input; -3 product/term; -4 balance; "
+        "-7 certificate state; -8 already cancelled; 400 bad api_token."
+    )
     status: str | None = Field(None, description="collect only: PENDING, COMPLETE, CANCELLED, ...")
     data: Any = Field(None, description="The payload on success.")
     errors: str | dict[str, list[str]] | None = Field(None, description="What went wrong.")
