@@ -129,7 +129,10 @@ def account_topup(
 ) -> None:
     """Add prepaid balance (a ledger entry)."""
     try:
-        cents = int((Decimal(amount) * 100).to_integral_exact())
+        scaled = Decimal(amount) * 100
+        if not scaled.is_finite() or scaled != scaled.to_integral_value():
+            raise InvalidOperation
+        cents = int(scaled)
     except (InvalidOperation, ArithmeticError) as exc:
         raise _fail(f"amount {amount!r} is not a number of USD with at most 2 decimals") from exc
     if cents <= 0:

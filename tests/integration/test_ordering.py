@@ -198,6 +198,45 @@ def test_sandbox_account_issues_without_a_file_from_the_sandbox_ca(service: Serv
     leaf = x509.load_pem_x509_certificate(done["data"]["certificate"].encode())
     issuer_cn = leaf.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     assert "SANDBOX" in str(issuer_cn)
+    # Nothing that trusts the production root accepts a sandbox certificate.
+    ca_dir = service.ctx.ca.issuer(sandbox=False).root_pem
+    at = int(service.clock.now().timestamp())
+    refused = openssl_verify_output(done["data"], ca_dir, at)
+    assert "unable to get local issuer certificate" in refused, refused
+    sandbox_root = service.ctx.ca.issuer(sandbox=True).root_pem
+    assert openssl_verify_output(done["data"], sandbox_root, at).strip().endswith("OK")
+
+
+def openssl_verify_output(data: dict[str, str], root_pem: str, at: int) -> str:
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for name, pem in (
+            ("root", root_pem),
+            ("chain", data["caCertificate"]),
+            ("leaf", data["certificate"]),
+        ):
+            paths[name] = Path(tmp) / f"{name}.pem"
+            paths[name].write_text(pem)
+        result = subprocess.run(
+            [
+                "openssl",
+                "verify",
+                "-attime",
+                str(at),
+                "-CAfile",
+                str(paths["root"]),
+                "-untrusted",
+                str(paths["chain"]),
+                str(paths["leaf"]),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        return result.stdout + result.stderr
 
 
 def test_cancel_pending_refunds_and_second_cancel_is_minus_8(service: Service) -> None:

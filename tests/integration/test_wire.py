@@ -156,3 +156,26 @@ def test_openapi_documents_every_endpoint_and_its_fields(service: Service) -> No
         assert "api_token" in schemas[ref]["properties"]
     assert "params" in schemas["OrderFields"]["properties"]
     assert "certId" in schemas["CertIdFields"]["properties"]
+
+
+def test_legacy_dcv_lookups_and_country(service: Service) -> None:
+    service.topup(100)
+    params = {
+        "server": "other",
+        "domainInfo": [
+            {"domainName": "a.example.com", "dcvMethod": "HTTP_CSR_HASH"},
+            {"domainName": "b.example.com", "dcvMethod": "CNAME_CSR_HASH"},
+        ],
+    }
+    placed = service.call("place", productCode="sectigo-multi-domain", years=1, params=params)
+    cert_id = placed["data"]["certId"]
+    whole = service.call("validatefile", orderId=cert_id)["data"]
+    assert whole["DCVfileName"] == placed["data"]["DCVfileName"]
+    one = service.call("validatedns", orderId=cert_id, domain="B.example.com")["data"]
+    assert one["DCVdnsHost"] == placed["data"]["DCVdnsHost"]
+    assert one["DCVfilePath"].startswith("http://b.example.com")
+    missing = service.call("validatedns", orderId=cert_id, domain="c.example.com")
+    assert missing["code"] == -1 and "c.example.com" in missing["errors"]["domain"][0]
+    assert service.call("validatefile")["errors"] == {"orderId": ["orderId is required"]}
+    countries = service.call("country")["data"]
+    assert {"code": "CN"} in countries and len(countries) == 249

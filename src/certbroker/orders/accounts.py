@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -99,7 +99,11 @@ def revoke_token(session: Session, token_id: int, *, now: datetime) -> ApiToken:
     return row
 
 
-def authenticate(session: Session, token: str | None) -> AccountRef:
+# Recording every use would make each request a write; once a minute is enough for operators.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def authenticate(session: Session, token: str | None, now: datetime | None = None) -> AccountRef:
     """Find the account of an API token (SPEC 1.3); a bad token is code 400."""
     if not token:
         raise ApiError(Code.AUTH, "api_token is required")
@@ -109,6 +113,10 @@ def authenticate(session: Session, token: str | None) -> AccountRef:
     # time so that a future index change cannot turn this into a prefix oracle.
     if row is None or not hmac.compare_digest(row.token_hash, digest) or row.revoked_at:
         raise ApiError(Code.AUTH, "api_token is invalid or revoked")
+    if now is not None and (
+        row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION
+    ):
+        row.last_used_at = now
     account = session.get(Account, row.account_id)
     if account is None:  # pragma: no cover - foreign key guarantees it
         raise ApiError(Code.AUTH, "api_token is invalid or revoked")

@@ -3,6 +3,7 @@ what a result changes. The network checks themselves live in validation/."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from ipaddress import ip_network
@@ -17,7 +18,7 @@ from certbroker.orders.events import record_event
 from certbroker.orders.states import Status
 from certbroker.pki import dcv_values
 from certbroker.store.models import Order, OrderName
-from certbroker.validation.http_file import check_http_file
+from certbroker.validation.http_file import Resolver, check_http_file
 from certbroker.validation.resolver import make_address_resolver
 from certbroker.validation.results import CheckResult
 from certbroker.validation.safe_addresses import AddressPolicy
@@ -106,6 +107,16 @@ def claim_due_names(ctx: OrdersContext, owner: str, limit: int = 50) -> list[Nam
     return out
 
 
+@functools.cache
+def _address_policy(allow_networks: tuple[str, ...]) -> AddressPolicy:
+    return AddressPolicy(tuple(ip_network(n) for n in allow_networks))
+
+
+@functools.cache
+def _resolver(address: str | None, timeout: float) -> Resolver:
+    return make_address_resolver(address, timeout)
+
+
 async def run_check(ctx: OrdersContext, check: NameCheck) -> CheckResult:
     policy = ctx.policy
     if check.method in FILE_METHODS:
@@ -116,8 +127,8 @@ async def run_check(ctx: OrdersContext, check: NameCheck) -> CheckResult:
             scheme="https" if check.method == "HTTPS_CSR_HASH" else "http",
             http_port=policy.dcv_http_port,
             https_port=policy.dcv_https_port,
-            policy=AddressPolicy(tuple(ip_network(n) for n in policy.dcv_allow_networks)),
-            resolve=make_address_resolver(policy.dcv_resolver, policy.dcv_timeout_seconds),
+            policy=_address_policy(policy.dcv_allow_networks),
+            resolve=_resolver(policy.dcv_resolver, policy.dcv_timeout_seconds),
             timeout=policy.dcv_timeout_seconds,
         )
     return CheckResult(

@@ -56,7 +56,7 @@ def _run(
     ctx: OrdersContext, endpoint: Endpoint, fields: dict[str, Any]
 ) -> tuple[Any, dict[str, Any], int]:
     with ctx.db.transaction() as session:
-        account = authenticate(session, text_field(fields, "api_token"))
+        account = authenticate(session, text_field(fields, "api_token"), ctx.clock.now())
     data, extra = endpoint.handler(ctx, account, fields)
     return data, extra, account.id
 
