@@ -15,7 +15,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from certbroker import __version__
+from certbroker.api.ops import ops_router
 from certbroker.api.racent import routes as racent
+from certbroker.api.web.approval import approval_router
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.errors import ApiError, Code
 from certbroker.worker.runner import Worker
@@ -60,6 +62,8 @@ def create_app(ctx: OrdersContext, *, worker: bool = True, poll_seconds: float =
 
     app = FastAPI(title="certbroker", version=__version__, lifespan=lifespan)
     racent.install(app, ctx)
+    app.include_router(approval_router(ctx))
+    app.include_router(ops_router(ctx))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

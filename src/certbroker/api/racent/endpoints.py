@@ -107,7 +107,7 @@ def country(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
     return [{"code": code} for code in sorted(COUNTRY_CODES)], {}
 
 
-ENDPOINTS: tuple[Endpoint, ...] = (
+BASE_ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "productList",
         "Products and prices, optionally of one vendor",
@@ -150,3 +150,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint("country", "ISO 3166-1 alpha-2 country codes", schemas.TokenOnlyFields, country),
 )
+
+
+def _all_endpoints() -> tuple[Endpoint, ...]:
+    from certbroker.api.racent.endpoints_dcv import DCV_ENDPOINTS
+
+    return BASE_ENDPOINTS + DCV_ENDPOINTS
+
+
+ENDPOINTS: tuple[Endpoint, ...] = _all_endpoints()
