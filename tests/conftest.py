@@ -51,6 +51,7 @@ class Service:
     token: str
     account_id: int
     site: DcvHttpServer
+    dns_server: ChallTestSrv
 
     def call(self, endpoint: str, token: str | None = None, **fields: Any) -> dict[str, Any]:
         body = {"api_token": token or self.token}
@@ -125,4 +126,4 @@ def service(tmp_path: Path, dns_server: ChallTestSrv, site: DcvHttpServer) -> It
         account_id = accounts.find_account(session, first.name).id
     app = create_app(ctx, worker=False)
     with TestClient(app) as client:
-        yield Service(ctx, client, clock, first.token, account_id, site)
+        yield Service(ctx, client, clock, first.token, account_id, site, dns_server)

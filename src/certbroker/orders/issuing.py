@@ -24,6 +24,7 @@ from certbroker.issuance.profile import SubjectOrganization
 from certbroker.issuance.validity import leaf_not_after
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.events import record_event
+from certbroker.orders.reuse import still_fresh
 from certbroker.orders.states import Status
 from certbroker.pki.bundles import make_jks, make_pkcs12, random_password
 from certbroker.pki.keys import PrivateKey, load_private_key_pem
@@ -91,11 +92,27 @@ def organization_of(order: Order) -> SubjectOrganization | None:
     )
 
 
+def _expire_stale_validations(order: Order, now: datetime) -> None:
+    """BR 4.2.1: validation data older than the reuse period in force cannot back a certificate."""
+    for name in order.names:
+        if name.verified_at is not None and not still_fresh(name.verified_at, now):
+            name.last_result = (
+                f"the validation of {name.verified_at:%Y-%m-%d} is older than the reuse period "
+                "in force; checking again"
+            )
+            name.verified_at = None
+            name.verified_how = None
+            name.attempts = 0
+            name.next_check_at = now
+
+
 def _prepare(
     ctx: OrdersContext, session: Session, order: Order, now: datetime
 ) -> Certificate | None:
     if order.status != Status.PENDING or order.ov_status != "done":
         return None
+    if not order.sandbox:
+        _expire_stale_validations(order, now)
     if any(name.verified_at is None for name in order.names):
         return None
     pending = session.scalar(

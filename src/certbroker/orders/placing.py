@@ -23,9 +23,11 @@ from certbroker.orders.csr_policy import (
     requested_names,
 )
 from certbroker.orders.errors import ApiError, Code
+from certbroker.orders.dcv import mark_ready_if_complete
 from certbroker.orders.events import record_event
 from certbroker.orders.ids import new_cert_id, new_order_num
 from certbroker.orders.params import OrderParams, decode_params, parse_order_params
+from certbroker.orders.reuse import apply_reuse
 from certbroker.orders.states import Status
 from certbroker.pki.keys import private_key_to_pem
 from certbroker.store.models import Account, Order, OrderName
@@ -252,10 +254,13 @@ def _create(
             row.verified_how = "sandbox"
             row.next_check_at = None
             row.last_result = "sandbox account: validation skipped"
+        else:
+            apply_reuse(session, account.id, row, now)
         session.add(row)
+        order.names.append(row)
     if account.sandbox:
         order.ov_status = "done"
-        order.issue_due_at = now
+    mark_ready_if_complete(order, now)
     ledger.post(
         session,
         account_id=account.id,

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from certbroker.orders.dcv import DcvBlock
+from certbroker.orders.reuse import REUSE_PREFIX
 from certbroker.orders.views import OrderView
 
 
@@ -67,6 +68,7 @@ def collect(view: OrderView, utc_offset_hours: int) -> dict[str, Any]:
                 "is_verify": "verified" if n.verified else "",
                 # certbroker extensions: why a name is not verified yet, and when it is retried.
                 "verifiedBy": n.verified_how or "",
+                "reused": (n.verified_how or "").startswith(REUSE_PREFIX),
                 "lastCheckTime": date(n.last_checked_at),
                 "lastError": "" if n.verified else (n.last_result or ""),
                 "nextCheckTime": "" if n.verified else date(n.next_check_at),

@@ -63,6 +63,29 @@ class LegacyDcvFields(_Fields):
     domain: str | None = Field(None, description="validatedns: the domain.")
 
 
+class UpdateDcvFields(CertIdFields):
+    domainName: str | None = Field(None, description="The name to change (required when several).")
+    dcvMethod: str = Field(description="HTTP_CSR_HASH, HTTPS_CSR_HASH, CNAME_CSR_HASH or EMAIL.")
+    dcvEmail: str | None = Field(None, description="Approver address when dcvMethod is EMAIL.")
+
+
+class BatchUpdateDcvFields(CertIdFields):
+    dcvMethod: str | None = Field(None, description="One method for every pending name.")
+    dcvEmail: str | None = Field(None, description="Approver address for EMAIL.")
+    domainInfo: JsonList | None = Field(
+        None, description="[{domainName, dcvMethod, dcvEmail}]; wins over dcvMethod. With "
+        "neither, every pending name is checked again now."
+    )
+
+
+class RemoveDomainFields(CertIdFields):
+    domainName: str = Field(description="The name to remove; it must not be validated yet.")
+
+
+class BatchRemoveFields(CertIdFields):
+    domainName: str | None = Field(None, description="Ignored (clients send `*`).")
+
+
 class TokenOnlyFields(_Fields):
     pass
 
