@@ -22,8 +22,8 @@ from certbroker.orders.csr_policy import (
     key_spec_for,
     requested_names,
 )
-from certbroker.orders.errors import ApiError, Code
 from certbroker.orders.dcv import mark_ready_if_complete
+from certbroker.orders.errors import ApiError, Code
 from certbroker.orders.events import record_event
 from certbroker.orders.ids import new_cert_id, new_order_num
 from certbroker.orders.params import OrderParams, decode_params, parse_order_params
