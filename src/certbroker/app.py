@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from certbroker import __version__
 from certbroker.api.ops import ops_router
+from certbroker.api.pki_http import pki_router
 from certbroker.api.racent import routes as racent
 from certbroker.api.web.approval import approval_router
 from certbroker.orders.context import OrdersContext
@@ -64,6 +65,7 @@ def create_app(ctx: OrdersContext, *, worker: bool = True, poll_seconds: float =
     racent.install(app, ctx)
     app.include_router(approval_router(ctx))
     app.include_router(ops_router(ctx))
+    app.include_router(pki_router(ctx))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -154,8 +154,10 @@ BASE_ENDPOINTS: tuple[Endpoint, ...] = (
 
 def _all_endpoints() -> tuple[Endpoint, ...]:
     from certbroker.api.racent.endpoints_dcv import DCV_ENDPOINTS
+    from certbroker.api.racent.endpoints_ext import EXTENSION_ENDPOINTS
+    from certbroker.api.racent.endpoints_lifecycle import LIFECYCLE_ENDPOINTS
 
-    return BASE_ENDPOINTS + DCV_ENDPOINTS
+    return BASE_ENDPOINTS + DCV_ENDPOINTS + LIFECYCLE_ENDPOINTS + EXTENSION_ENDPOINTS
 
 
 ENDPOINTS: tuple[Endpoint, ...] = _all_endpoints()
