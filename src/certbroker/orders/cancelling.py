@@ -13,6 +13,7 @@ from certbroker.orders.context import OrdersContext
 from certbroker.orders.dcv import mark_ready_if_complete
 from certbroker.orders.errors import ApiError, Code
 from certbroker.orders.events import record_event
+from certbroker.orders.lifecycle import publish_revocations
 from certbroker.orders.states import Operation, Status, require_allowed
 from certbroker.orders.views import load_order
 from certbroker.store.models import Certificate, Order
@@ -27,11 +28,23 @@ def _refund(session: Session, order: Order, now: datetime, note: str) -> None:
         account_id=order.account_id,
         amount_cents=order.price_cents,
         kind="refund",
-        op_key=f"refund:{order.cert_id}",
+        # One refund per purchase, whichever certId of it (reissued or not) is cancelled.
+        op_key=f"refund:{order.subscription_cert_id or order.cert_id}",
         order_id=order.id,
         now=now,
         note=note,
     )
+
+
+def _subscription_start(session: Session, order: Order) -> datetime | None:
+    """When the purchase's first certificate was issued (None: never issued, full refund)."""
+    if order.subscription_cert_id and order.subscription_cert_id != order.cert_id:
+        first = session.scalar(
+            select(Order.completed_at).where(Order.cert_id == order.subscription_cert_id)
+        )
+        if first is not None:
+            return first
+    return order.completed_at
 
 
 def cancel(ctx: OrdersContext, account: AccountRef, cert_id: object, reason: object) -> None:
@@ -42,24 +55,27 @@ def cancel(ctx: OrdersContext, account: AccountRef, cert_id: object, reason: obj
         require_allowed(Operation.CANCEL, order.status)
         if not reason_text:
             raise ApiError(Code.INVALID, {"reason": ["reason is required"]})
-        if order.status == Status.COMPLETE:
-            issued_at = order.completed_at or order.created_at
-            if now - issued_at > ctx.policy.cancel_refund_window:
-                days = ctx.policy.cancel_refund_window.days
-                raise ApiError(
-                    Code.CERT_STATE,
-                    f"the certificate was issued more than {days} days ago; it can no longer be "
-                    "cancelled (use revoke)",
-                )
-            for cert in session.scalars(
-                select(Certificate).where(
-                    Certificate.order_id == order.id,
-                    Certificate.state == "issued",
-                    Certificate.revoked_at.is_(None),
-                )
-            ):
-                cert.revoked_at = now
-                cert.revocation_reason = REASON_CESSATION_OF_OPERATION
+        issued_at = _subscription_start(session, order)
+        if issued_at is not None and now - issued_at > ctx.policy.cancel_refund_window:
+            days = ctx.policy.cancel_refund_window.days
+            raise ApiError(
+                Code.CERT_STATE,
+                f"the certificate was issued more than {days} days ago; it can no longer be "
+                "cancelled (use revoke)",
+            )
+        # The purchase ends: every certificate of it (earlier certIds included) is revoked.
+        for cert in session.scalars(
+            select(Certificate)
+            .join(Order, Order.id == Certificate.order_id)
+            .where(
+                Order.subscription_cert_id == (order.subscription_cert_id or order.cert_id),
+                Certificate.state == "issued",
+                Certificate.revoked_at.is_(None),
+            )
+        ):
+            cert.revoked_at = now
+            cert.revocation_reason = REASON_CESSATION_OF_OPERATION
+        order.renew_due_at = None
         order.status = Status.CANCELLED
         order.cancelled_at = now
         order.cancel_reason = reason_text[:1000]
@@ -67,6 +83,7 @@ def cancel(ctx: OrdersContext, account: AccountRef, cert_id: object, reason: obj
         order.updated_at = now
         _refund(session, order, now, "cancelled")
         record_event(session, order, "order.cancelled", {"reason": order.cancel_reason}, now)
+    publish_revocations(ctx)
 
 
 def _pending_ov_order(session: Session, cert_id: str) -> Order:

@@ -30,12 +30,24 @@ class Policy:
     dcv_allow_networks: tuple[str, ...] = ()
     dcv_resolver: str | None = None
     cancel_refund_window: timedelta = timedelta(days=30)
+    # Automatic reissue inside a subscription starts this long before a certificate ends.
+    renew_lead: timedelta = timedelta(days=30)
+    # renew (SPEC 4.8) is accepted this long before the subscription ends.
+    renew_window: timedelta = timedelta(days=90)
+    # CAA (RFC 8659): the issuer domains this CA answers to, and the wait after a refusal.
+    caa_domains: tuple[str, ...] = ("certbroker.example.com",)
+    caa_retry: timedelta = timedelta(minutes=15)
     lease: timedelta = timedelta(minutes=2)
     utc_offset_hours: int = 8
     default_key_spec: str = "rsa2048"
     approver_local_parts: tuple[str, ...] = field(
         default=("admin", "administrator", "webmaster", "hostmaster", "postmaster")
     )
+    # Approver e-mail (BR 3.2.2.4.4): where mail goes out, and the base of approval links.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_from: str = "certbroker@example.com"
+    public_url: str = "http://certbroker.example.com"
 
 
 @dataclass

@@ -10,25 +10,29 @@ know, and an order never gets two.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from certbroker import metrics
 from certbroker.issuance.builtin import LeafRequest
 from certbroker.issuance.profile import SubjectOrganization
 from certbroker.issuance.validity import leaf_not_after
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.events import record_event
 from certbroker.orders.reuse import still_fresh
-from certbroker.orders.states import Status
+from certbroker.orders.states import VALIDATING, Status
 from certbroker.pki.bundles import make_jks, make_pkcs12, random_password
 from certbroker.pki.keys import PrivateKey, load_private_key_pem
+from certbroker.store.db import lock_row
 from certbroker.store.models import Certificate, Order
+from certbroker.validation.caa import check_caa
 
 # Certificates start a little in the past so that clients with slow clocks accept them.
 BACKDATE = timedelta(minutes=5)
@@ -49,7 +53,7 @@ def claim_ready_orders(ctx: OrdersContext, owner: str, limit: int = 20) -> list[
             session.scalars(
                 select(Order.id)
                 .where(
-                    Order.status == Status.PENDING,
+                    Order.status.in_(VALIDATING),
                     Order.issue_due_at.is_not(None),
                     Order.issue_due_at <= now,
                     (Order.lease_until.is_(None)) | (Order.lease_until < now),
@@ -60,6 +64,11 @@ def claim_ready_orders(ctx: OrdersContext, owner: str, limit: int = 20) -> list[
             )
         )
         if ids:
+            # An earlier owner's lease ran out (it crashed or stalled): its work is taken over.
+            taken = session.scalar(
+                select(func.count()).where(Order.id.in_(ids), Order.lease_owner.is_not(None))
+            )
+            metrics.lease_taken_over("issuance", int(taken or 0))
             session.execute(
                 update(Order)
                 .where(Order.id.in_(ids))
@@ -92,8 +101,27 @@ def organization_of(order: Order) -> SubjectOrganization | None:
     )
 
 
-def _expire_stale_validations(order: Order, now: datetime) -> None:
-    """BR 4.2.1: validation data older than the reuse period in force cannot back a certificate."""
+def subscription_end(order: Order, start: datetime) -> datetime:
+    """dueDate: start + purchased years (+ carried-over or bonus days); trials run trialDays."""
+    start = start.replace(microsecond=0)
+    if order.trial_days:
+        return start + timedelta(days=order.trial_days)
+    return add_years(start, order.years) + timedelta(days=order.bonus_days or 0)
+
+
+def next_renewal(ctx: OrdersContext, cert: Certificate, due: datetime | None) -> datetime | None:
+    """When to reissue inside the subscription: a lead time before the certificate ends (at most
+    a third of its life, so short certificates are not replaced at once); None at the end."""
+    if due is None or due - cert.not_after < timedelta(minutes=1):
+        return None
+    lead = min(ctx.policy.renew_lead, (cert.not_after - cert.not_before) / 3)
+    return (cert.not_after - lead).replace(microsecond=0)
+
+
+def expire_stale_validations(order: Order, now: datetime) -> list[str]:
+    """BR 4.2.1: validation data older than the reuse period in force cannot back a certificate.
+    Returns the names that must be validated again."""
+    stale: list[str] = []
     for name in order.names:
         if name.verified_at is not None and not still_fresh(name.verified_at, now):
             name.last_result = (
@@ -104,15 +132,17 @@ def _expire_stale_validations(order: Order, now: datetime) -> None:
             name.verified_how = None
             name.attempts = 0
             name.next_check_at = now
+            stale.append(name.name)
+    return stale
 
 
 def _prepare(
     ctx: OrdersContext, session: Session, order: Order, now: datetime
 ) -> Certificate | None:
-    if order.status != Status.PENDING or order.ov_status != "done":
+    if order.status not in VALIDATING or order.ov_status != "done":
         return None
     if not order.sandbox:
-        _expire_stale_validations(order, now)
+        expire_stale_validations(order, now)
     if any(name.verified_at is None for name in order.names):
         return None
     pending = session.scalar(
@@ -123,11 +153,9 @@ def _prepare(
     generation = 1 + len(
         session.scalars(select(Certificate.id).where(Certificate.order_id == order.id)).all()
     )
-    not_before = now - BACKDATE
-    if order.trial_days:
-        due = now + timedelta(days=order.trial_days)
-    else:
-        due = add_years(now, order.years)
+    # X.509 times have whole seconds: store exactly what the certificate will say.
+    not_before = (now - BACKDATE).replace(microsecond=0)
+    due = order.due_at or subscription_end(order, now)
     cert = Certificate(
         order_id=order.id,
         generation=generation,
@@ -138,7 +166,7 @@ def _prepare(
         not_after=leaf_not_after(not_before, due),
         created_at=now,
     )
-    order.due_at = order.due_at or due
+    order.due_at = due
     session.add(cert)
     session.flush()
     return cert
@@ -176,12 +204,15 @@ def issue_order(ctx: OrdersContext, order_id: int, owner: str) -> bool:
     """Sign the order's certificate if it is still ready and ours; True when it was issued."""
     now = ctx.clock.now()
     with ctx.db.transaction() as session:
-        order = session.get(Order, order_id)
+        # Row-locked (PostgreSQL): a worker that took over an expired lease waits here instead of
+        # allocating a second serial beside ours.
+        order = lock_row(session, Order, order_id)
         if order is None or order.lease_owner != owner:
             return False
         cert = _prepare(ctx, session, order, now)
         if cert is None:
             order.issue_due_at = None
+            order.lease_owner = order.lease_until = None
             return False
         names = [n.name for n in order.names]
         request = LeafRequest(
@@ -194,15 +225,24 @@ def issue_order(ctx: OrdersContext, order_id: int, owner: str) -> bool:
             organization=organization_of(order),
             sandbox=order.sandbox,
         )
-        cert_row_id, cert_id = cert.id, order.cert_id
+        cert_row_id = cert.id
     leaf = ctx.ca.sign(request)
     with ctx.db.transaction() as session:
-        order = session.get(Order, order_id)
-        cert = session.get(Certificate, cert_row_id)
+        # The order's row lock puts us after a cancel or a competing issuance of this order,
+        # and the reads below see what they committed.
+        order = lock_row(session, Order, order_id)
+        cert = lock_row(session, Certificate, cert_row_id)
         if order is None or cert is None or cert.state != "signing":
             return False
-        if order.status != Status.PENDING or order.lease_owner != owner:
+        if order.lease_owner != owner:
+            return False  # taken over: the new owner signs this serial again and stores it
+        if order.status not in VALIDATING:
+            # Cancelled or failed while we signed: this signature never left the process.
+            cert.state = "abandoned"
+            order.issue_due_at = None
+            order.lease_owner = order.lease_until = None
             return False
+        first = order.status == Status.PENDING
         key = _held_key(ctx, order)
         issuer = ctx.ca.issuer(order.sandbox)
         cert.pem = leaf.public_bytes(Encoding.PEM).decode("ascii")
@@ -217,6 +257,64 @@ def issue_order(ctx: OrdersContext, order_id: int, owner: str) -> bool:
         order.lease_owner = None
         order.lease_until = None
         order.updated_at = now
-        record_event(session, order, "certificate.issued", {"serial": cert.serial_hex}, now)
-    del cert_id
+        order.renew_due_at = next_renewal(ctx, cert, order.due_at)
+        record_event(
+            session,
+            order,
+            "certificate.issued" if first else "certificate.reissued",
+            {"serial": cert.serial_hex, "generation": cert.generation, "automatic": not first},
+            now,
+        )
     return True
+
+
+def caa_names(ctx: OrdersContext, order_id: int) -> list[str]:
+    """Names whose CAA must allow us before signing; none for the untrusted sandbox CA."""
+    with ctx.db.transaction() as session:
+        order = session.get(Order, order_id)
+        if order is None or order.sandbox:
+            return []
+        return [n.name for n in order.names]
+
+
+async def caa_failures(ctx: OrdersContext, order_id: int) -> dict[str, str]:
+    """BR 3.2.2.8: CAA checked for every name right before issuance (well inside 8 hours)."""
+    names = await asyncio.to_thread(caa_names, ctx, order_id)
+    results = await asyncio.gather(
+        *(
+            check_caa(
+                name,
+                issuer_domains=ctx.policy.caa_domains,
+                resolver_address=ctx.policy.dcv_resolver,
+                timeout=ctx.policy.dcv_timeout_seconds,
+            )
+            for name in names
+        )
+    )
+    return {
+        name: result.detail for name, result in zip(names, results, strict=True) if not result.ok
+    }
+
+
+def defer_for_caa(ctx: OrdersContext, order_id: int, owner: str, failures: dict[str, str]) -> None:
+    """CAA refused (or could not be read): say so on each name and try again later."""
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        order = lock_row(session, Order, order_id)
+        if order is None or order.lease_owner != owner:
+            return
+        for row in order.names:
+            if row.name in failures:
+                detail = f"CAA: {failures[row.name]}"
+                if row.last_result != detail:
+                    record_event(
+                        session,
+                        order,
+                        "domain.check_failed",
+                        {"domainName": row.name, "error": detail},
+                        now,
+                    )
+                row.last_result = detail
+        order.issue_due_at = now + ctx.policy.caa_retry
+        order.lease_owner = None
+        order.lease_until = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -28,11 +29,43 @@ from certbroker.orders.events import record_event
 from certbroker.orders.ids import new_cert_id, new_order_num
 from certbroker.orders.params import OrderParams, decode_params, parse_order_params
 from certbroker.orders.reuse import apply_reuse
-from certbroker.orders.states import Status
+from certbroker.orders.states import Operation, Status, require_allowed
+from certbroker.orders.views import load_order
 from certbroker.pki.keys import private_key_to_pem
 from certbroker.store.models import Account, Order, OrderName
 
 MAX_REF_ID = 128
+
+
+# originalfromOthers=1 (SPEC 3.1): a certificate moved from another vendor gets 30 extra days.
+BONUS_DAYS_FROM_OTHERS = 30
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """renew (SPEC 4.8): the order being renewed, checked inside the charging transaction."""
+
+    cert_id: str
+    window: timedelta
+
+    def check(self, session: Session, account: AccountRef, now: datetime) -> Order:
+        old = load_order(session, account, self.cert_id, field="renewId")
+        require_allowed(Operation.RENEW, old.status)
+        if old.renewed_by_cert_id:
+            successor = session.scalar(
+                select(Order).where(Order.cert_id == old.renewed_by_cert_id)
+            )
+            if successor is not None and successor.status not in (Status.CANCELLED, Status.FAILED):
+                raise ApiError(
+                    Code.CERT_STATE, f"{old.cert_id} is already renewed by {successor.cert_id}"
+                )
+        if old.due_at is not None and old.due_at - now > self.window:
+            raise ApiError(
+                Code.CERT_STATE,
+                f"{old.cert_id} can be renewed from {self.window.days} days before its "
+                f"subscription ends ({old.due_at:%Y-%m-%d}); not yet",
+            )
+        return old
 
 
 @dataclass(frozen=True)
@@ -62,9 +95,11 @@ def parse_years(raw: object, product: Product) -> int:
     return years
 
 
-def _request_hash(product_code: str, years: int, params: dict[str, Any]) -> str:
+def _request_hash(
+    product_code: str, years: int, params: dict[str, Any], renew_id: str | None
+) -> str:
     canonical = json.dumps(
-        {"productCode": product_code, "years": years, "params": params},
+        {"productCode": product_code, "years": years, "params": params, "renewId": renew_id},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
@@ -73,7 +108,11 @@ def _request_hash(product_code: str, years: int, params: dict[str, Any]) -> str:
 
 
 def check_order(
-    ctx: OrdersContext, product_code: object, years_raw: object, raw_params: object
+    ctx: OrdersContext,
+    product_code: object,
+    years_raw: object,
+    raw_params: object,
+    renew_id: str | None = None,
 ) -> CheckedOrder:
     """Every check of `place` that needs no database: product, term, params, names, price."""
     if not isinstance(product_code, str) or not product_code.strip():
@@ -96,7 +135,7 @@ def check_order(
         params=params,
         names=names,
         price_cents=price,
-        request_hash=_request_hash(product.code, years, params_dict),
+        request_hash=_request_hash(product.code, years, params_dict, renew_id),
     )
 
 
@@ -165,9 +204,14 @@ def place(
     years: object,
     ref_id_raw: object,
     raw_params: object,
+    renewal: Renewal | None = None,
 ) -> Order:
-    """Charge and create in one transaction; a retry under the same refId returns the same order."""
-    checked = check_order(ctx, product_code, years, raw_params)
+    """Charge and create in one transaction; a retry under the same refId returns the same order.
+
+    `renewal`: renew (SPEC 4.8) — the new order continues the renewed subscription."""
+    checked = check_order(
+        ctx, product_code, years, raw_params, renewal.cert_id if renewal else None
+    )
     ref_id = _normalize_ref_id(ref_id_raw)
     if ref_id is not None:
         with ctx.db.transaction() as session:
@@ -177,7 +221,7 @@ def place(
     key = _order_key(ctx, checked)  # key generation is slow: outside the transaction
     try:
         with ctx.db.transaction() as session:
-            return _create(ctx, session, account, checked, key, ref_id)
+            return _create(ctx, session, account, checked, key, ref_id, renewal)
     except IntegrityError:
         # A concurrent call with the same refId won the unique constraint: answer as a retry.
         if ref_id is None:
@@ -196,6 +240,7 @@ def _create(
     checked: CheckedOrder,
     key: OrderKey,
     ref_id: str | None,
+    renewal: Renewal | None = None,
 ) -> Order:
     now = ctx.clock.now()
     # Serialise orders of one account (PostgreSQL row lock; SQLite holds the write lock already).
@@ -204,6 +249,13 @@ def _create(
         existing = _existing_by_ref(session, account.id, ref_id, checked.request_hash)
         if existing is not None:
             return existing
+    bonus_days = BONUS_DAYS_FROM_OTHERS if checked.params.original_from_others else 0
+    renewed = None
+    if renewal is not None:
+        renewed = renewal.check(session, account, now)
+        # The renewed subscription's remaining time is carried over, as CAs do on renewal.
+        if renewed.due_at is not None and renewed.due_at > now:
+            bonus_days = max(bonus_days, (renewed.due_at - now).days)
     _require_balance(session, account.id, checked.price_cents)
     cert_id = new_cert_id(now)
     params = checked.params
@@ -231,9 +283,15 @@ def _create(
         created_at=now,
         updated_at=now,
         validation_deadline=now + ctx.policy.dcv_window,
+        subscription_cert_id=cert_id,
+        bonus_days=bonus_days,
+        parent_cert_id=renewed.cert_id if renewed else None,
     )
     session.add(order)
     session.flush()
+    if renewed is not None:
+        renewed.renewed_by_cert_id = cert_id
+        record_event(session, renewed, "certificate.renewed", {"renewedBy": cert_id}, now)
     if key.private_key is not None:
         order.key_encrypted = ctx.box.encrypt(
             private_key_to_pem(key.private_key).encode("ascii"), context=cert_id.encode("ascii")

@@ -17,6 +17,11 @@ class Status(StrEnum):
     EXPIRED = "EXPIRED"
 
 
+# Names are checked and certificates signed for a new order (PENDING) and, inside a running
+# subscription, for the automatic reissue of an issued one (COMPLETE).
+VALIDATING = frozenset({Status.PENDING, Status.COMPLETE})
+
+
 class Operation(StrEnum):
     COLLECT = "collect"
     CANCEL = "cancel"
@@ -37,7 +42,8 @@ ALLOWED: dict[Operation, frozenset[Status]] = {
     Operation.REISSUE: frozenset({Status.COMPLETE}),
     Operation.REPLACE: frozenset({Status.COMPLETE}),
     Operation.RENEW: frozenset({Status.COMPLETE, Status.EXPIRED}),
-    Operation.REVOKE: frozenset({Status.COMPLETE}),
+    # A superseded certificate stays valid until it expires, so it can still be revoked.
+    Operation.REVOKE: frozenset({Status.COMPLETE, Status.REISSUED}),
     Operation.OV_DECISION: frozenset({Status.PENDING}),
 }
 

@@ -68,15 +68,17 @@ class OrderView:
     issued: Issued | None
 
 
-def load_order(session: Session, account: AccountRef, cert_id: object) -> Order:
+def load_order(
+    session: Session, account: AccountRef, cert_id: object, field: str = "certId"
+) -> Order:
     """The account's order; another account's certId is answered exactly like an unknown one."""
     if not isinstance(cert_id, str) or not cert_id.strip():
-        raise ApiError(Code.INVALID, {"certId": ["certId is required"]})
+        raise ApiError(Code.INVALID, {field: [f"{field} is required"]})
     order = session.scalar(
         select(Order).where(Order.cert_id == cert_id.strip(), Order.account_id == account.id)
     )
     if order is None:
-        raise ApiError(Code.INVALID, {"certId": [f"certificate {cert_id.strip()[:40]} not found"]})
+        raise ApiError(Code.INVALID, {field: [f"certificate {cert_id.strip()[:40]} not found"]})
     return order
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from certbroker.api.racent import encode, schemas
 from certbroker.api.racent.decoding import text_field
 from certbroker.catalog.countries import COUNTRY_CODES
-from certbroker.orders import cancelling, placing, views
+from certbroker.orders import cancelling, downloads, email_dcv, placing, views
 from certbroker.orders.accounts import AccountRef
 from certbroker.orders.approvers import approver_emails
 from certbroker.orders.context import OrdersContext
@@ -28,6 +28,9 @@ class Endpoint:
     summary: str
     fields: type[BaseModel]
     handler: Handler
+    # Writes the audit log (orders/audit.py), failed attempts included: place, cancel, reissue,
+    # DCV changes... Lookups leave it False.
+    changes_state: bool = False
 
 
 def _required_text(fields: Fields, name: str) -> str:
@@ -74,7 +77,11 @@ def place(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
 
 def collect(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
     view = views.collect(ctx, account, text_field(fields, "certId"))
-    return encode.collect(view, ctx.policy.utc_offset_hours), {"status": view.status}
+    data = encode.collect(view, ctx.policy.utc_offset_hours)
+    if view.issued is not None and view.issued.private_key is not None:
+        token = downloads.make_token(ctx, account.id, view.cert_id, ctx.clock.now())
+        data["certPath"] = f"{ctx.policy.public_url.rstrip('/')}/download/{token}.zip"
+    return data, {"status": view.status}
 
 
 def cancel(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
@@ -88,6 +95,16 @@ def cert_id_by_ref_id(ctx: OrdersContext, account: AccountRef, fields: Fields) -
 
 def dcv_email(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
     domain = text_field(fields, "domainName") or text_field(fields, "domain")
+    cert_id = text_field(fields, "certId")
+    if cert_id is not None:
+        # With a certId the call re-sends the approval mail (SPEC 4.15).
+        sent = email_dcv.resend(ctx, account, cert_id, domain, text_field(fields, "dcvEmail"))
+        return {
+            "certId": sent.cert_id,
+            "domainName": sent.domain,
+            "dcvEmail": sent.email,
+            "emails": approver_emails(sent.domain),
+        }, {}
     return {"emails": approver_emails(domain)}, {}
 
 
@@ -120,6 +137,7 @@ BASE_ENDPOINTS: tuple[Endpoint, ...] = (
         "Buy a certificate: charge the balance, answer certId and DCV values",
         schemas.OrderFields,
         place,
+        changes_state=True,
     ),
     Endpoint(
         "collect",
@@ -132,12 +150,17 @@ BASE_ENDPOINTS: tuple[Endpoint, ...] = (
         "Cancel a pending order, or an issued one within 30 days; refunds",
         schemas.CancelFields,
         cancel,
+        changes_state=True,
     ),
     Endpoint(
         "certIdByrefId", "Find a certId by your refId", schemas.RefIdFields, cert_id_by_ref_id
     ),
     Endpoint(
-        "DCVemail", "Approver e-mail addresses of a domain", schemas.DcvEmailFields, dcv_email
+        "DCVemail",
+        "Approver e-mail addresses of a domain; with certId, re-send the approval mail",
+        schemas.DcvEmailFields,
+        dcv_email,
+        changes_state=True,
     ),
     Endpoint(
         "validatefile",

@@ -72,23 +72,27 @@ DCV_ENDPOINTS: tuple[Endpoint, ...] = (
         "Change the DCV method of one name of a pending order",
         schemas.UpdateDcvFields,
         update_dcv,
+        changes_state=True,
     ),
     Endpoint(
         "batchUpdateDCV",
         "Change DCV methods of several names, or re-check them now",
         schemas.BatchUpdateDcvFields,
         batch_update_dcv,
+        changes_state=True,
     ),
     Endpoint(
         "removeMdcDomain",
         "Remove a name that has not passed validation",
         schemas.RemoveDomainFields,
         remove_domain,
+        changes_state=True,
     ),
     Endpoint(
         "batchRemoveMdcDomain",
         "Remove every name that has not passed validation",
         schemas.BatchRemoveFields,
         batch_remove_domains,
+        changes_state=True,
     ),
 )

@@ -73,8 +73,9 @@ class BatchUpdateDcvFields(CertIdFields):
     dcvMethod: str | None = Field(None, description="One method for every pending name.")
     dcvEmail: str | None = Field(None, description="Approver address for EMAIL.")
     domainInfo: JsonList | None = Field(
-        None, description="[{domainName, dcvMethod, dcvEmail}]; wins over dcvMethod. With "
-        "neither, every pending name is checked again now."
+        None,
+        description="[{domainName, dcvMethod, dcvEmail}]; wins over dcvMethod. With "
+        "neither, every pending name is checked again now.",
     )
 
 
@@ -86,8 +87,68 @@ class BatchRemoveFields(CertIdFields):
     domainName: str | None = Field(None, description="Ignored (clients send `*`).")
 
 
+class ReissueFields(CertIdFields):
+    reason: str = Field(description="Why the certificate is reissued (free text).")
+    uniqueValue: str | None = Field(None, description="New uniqueValue (1-20 a-zA-Z0-9).")
+    refId: str | None = Field(None, description="Your reference for the new certId.")
+    csr: str | None = Field(
+        None, description="New CSR (same names). Without one: a new key when certbroker held the "
+        "key, else the old CSR."
+    )
+
+
+class ReplaceFields(CertIdFields):
+    refId: str | None = Field(None, description="Your reference for the new certId.")
+    params: JsonText = Field(
+        description="csr (required), domainInfo (required), uniqueValue, organizationInfo."
+    )
+
+
+class RenewFields(_Fields):
+    renewId: str = Field(description="certId of the subscription being renewed.")
+    years: int | str = Field(description="Years of the new subscription.")
+    refId: str | None = Field(None, description="Your reference; idempotency key as in place.")
+    params: JsonText = Field(description="As for place (SPEC 3.1); csr optional.")
+
+
+class RevokeFields(CertIdFields):
+    reason: str | None = Field(
+        None, description="unspecified (0), keyCompromise (1), affiliationChanged (3), "
+        "superseded (4) or cessationOfOperation (5); name or number."
+    )
+
+
+class ListFields(_Fields):
+    page: int | str | None = Field(None, description="Page number, from 1.")
+    pageSize: int | str | None = Field(None, description="Rows per page, 1-200 (default 50).")
+    status: str | None = Field(None, description="PENDING, COMPLETE, CANCELLED, ...")
+    productCode: str | None = Field(None, description="Only this product.")
+    domain: str | None = Field(None, description="Orders naming this domain or a name under it.")
+    startDate: str | None = Field(None, description="Created on or after (YYYY-MM-DD).")
+    endDate: str | None = Field(None, description="Created on or before (YYYY-MM-DD).")
+
+
 class TokenOnlyFields(_Fields):
     pass
+
+
+class WebhookSetFields(_Fields):
+    """certbroker extension: the account's webhook."""
+
+    url: str = Field(description="Callback URL (http or https, public address) for event POSTs.")
+    secret: str | None = Field(
+        None, description="Signing secret (16-200 printable ASCII); generated when none is set."
+    )
+    rotateSecret: bool | str | None = Field(
+        None, description="1 to replace the current secret by a new generated one."
+    )
+
+
+class WebhookDeliveriesFields(_Fields):
+    """certbroker extension: the webhook delivery log."""
+
+    certId: str | None = Field(None, description="Only the events of this certificate.")
+    limit: int | str | None = Field(None, description="At most this many (1-200, default 50).")
 
 
 class Envelope(BaseModel):

@@ -1,0 +1,356 @@
+"""After issuance: reissue (SPEC 4.6), replace (4.7) and revoke (4.16).
+
+reissue and replace create a new certId inside the same purchase: free, same dueDate, the old
+certId becomes REISSUED. Validation of names the account already proved is reused (BR 4.2.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from certbroker.orders.accounts import AccountRef
+from certbroker.orders.context import OrdersContext
+from certbroker.orders.csr_policy import (
+    OrderKey,
+    check_customer_csr,
+    generate_order_key,
+    requested_names,
+)
+from certbroker.orders.dcv import mark_ready_if_complete
+from certbroker.orders.errors import ApiError, Code
+from certbroker.orders.events import record_event
+from certbroker.orders.ids import new_cert_id
+from certbroker.orders.params import (
+    DomainRequest,
+    OrderParams,
+    decode_params,
+    parse_order_params,
+)
+from certbroker.orders.reuse import apply_reuse
+from certbroker.orders.states import Operation, Status, require_allowed
+from certbroker.orders.views import load_order
+from certbroker.pki.csr import CsrError, parse_csr
+from certbroker.pki.keys import private_key_to_pem
+from certbroker.store.models import Certificate, Order, OrderName
+
+# RFC 5280 5.3.1 CRLReason values a subscriber may ask for (BR 7.2.2: keyCompromise,
+# affiliationChanged, superseded, cessationOfOperation, or none = unspecified).
+SUBSCRIBER_REASONS = {
+    "unspecified": 0,
+    "keyCompromise": 1,
+    "affiliationChanged": 3,
+    "superseded": 4,
+    "cessationOfOperation": 5,
+}
+_REASON_LOOKUP = {name.lower(): code for name, code in SUBSCRIBER_REASONS.items()}
+
+
+@dataclass(frozen=True)
+class Successor:
+    """What a reissue/replace changes; everything else is copied from the old order."""
+
+    key: OrderKey
+    domains: tuple[DomainRequest, ...]
+    apply_params: dict[str, Any]
+    unique_value: str | None
+    ov_status: str
+    server: str | None
+
+
+def _ref_id(raw: object) -> str | None:
+    text = str(raw).strip() if raw is not None else ""
+    if len(text) > 128:
+        raise ApiError(Code.INVALID, {"refId": ["refId is longer than 128 characters"]})
+    return text or None
+
+
+def _unique_value(raw: object, current: str | None) -> str | None:
+    if raw is None or not str(raw).strip():
+        return current
+    text = str(raw).strip()
+    if not (1 <= len(text) <= 20 and text.isascii() and text.isalnum()):
+        raise ApiError.invalid("uniqueValue", "uniqueValue must be 1-20 characters a-z, A-Z, 0-9")
+    return text
+
+
+def _create_successor(
+    ctx: OrdersContext,
+    session: Session,
+    old: Order,
+    change: Successor,
+    ref_id: str | None,
+    kind: str,
+    reason: str,
+) -> Order:
+    now = ctx.clock.now()
+    cert_id = new_cert_id(now)
+    order = Order(
+        cert_id=cert_id,
+        order_num=old.order_num,
+        account_id=old.account_id,
+        ref_id=ref_id,
+        request_hash=f"{kind}:{old.cert_id}",
+        product_code=old.product_code,
+        validation_level=old.validation_level,
+        years=old.years,
+        price_cents=old.price_cents,
+        status=Status.PENDING,
+        ov_status=change.ov_status,
+        sandbox=old.sandbox,
+        server=change.server,
+        unique_value=change.unique_value,
+        csr_pem=change.key.csr.pem,
+        key_spec=change.key.key_spec,
+        apply_params=change.apply_params,
+        trial_days=old.trial_days,
+        created_at=now,
+        updated_at=now,
+        validation_deadline=now + ctx.policy.dcv_window,
+        due_at=old.due_at,
+        parent_cert_id=old.cert_id,
+        subscription_cert_id=old.subscription_cert_id or old.cert_id,
+        bonus_days=old.bonus_days,
+        completed_at=None,
+    )
+    session.add(order)
+    session.flush()
+    if change.key.private_key is not None:
+        order.key_encrypted = ctx.box.encrypt(
+            private_key_to_pem(change.key.private_key).encode("ascii"),
+            context=cert_id.encode("ascii"),
+        )
+    elif change.key.csr.pem == old.csr_pem and old.key_encrypted is not None:
+        # Same CSR, same key: carry the held key over (re-encrypted for the new certId).
+        key_pem = ctx.box.decrypt(old.key_encrypted, context=old.cert_id.encode("ascii"))
+        order.key_encrypted = ctx.box.encrypt(key_pem, context=cert_id.encode("ascii"))
+    for position, domain in enumerate(change.domains):
+        row = OrderName(
+            order_id=order.id,
+            position=position,
+            name=domain.name,
+            dcv_method=domain.dcv_method,
+            dcv_email=domain.dcv_email,
+            attempts=0,
+            next_check_at=now,
+        )
+        if old.sandbox:
+            row.verified_at, row.verified_how, row.next_check_at = now, "sandbox", None
+        else:
+            apply_reuse(session, old.account_id, row, now)
+        session.add(row)
+        order.names.append(row)
+    old.status = Status.REISSUED
+    old.renew_due_at = None
+    old.updated_at = now
+    record_event(
+        session,
+        old,
+        "certificate.reissued",
+        {"newCertId": cert_id, "kind": kind, "reason": reason},
+        now,
+    )
+    record_event(session, order, "order.placed", {kind + "Of": old.cert_id}, now)
+    mark_ready_if_complete(order, now)
+    return order
+
+
+def _by_ref(session: Session, old: Order, ref_id: str | None, kind: str) -> Order | None:
+    """A retried reissue/replace with the same refId answers the order it created."""
+    if ref_id is None:
+        return None
+    existing = session.scalar(
+        select(Order).where(Order.account_id == old.account_id, Order.ref_id == ref_id)
+    )
+    if existing is None:
+        return None
+    if existing.request_hash != f"{kind}:{old.cert_id}":
+        raise ApiError.invalid("refId", f"refId {ref_id} was already used for {existing.cert_id}")
+    return existing
+
+
+def _names_of(old: Order) -> tuple[DomainRequest, ...]:
+    return tuple(
+        DomainRequest(name=n.name, dcv_method=n.dcv_method, dcv_email=n.dcv_email)
+        for n in old.names
+    )
+
+
+def reissue(
+    ctx: OrdersContext,
+    account: AccountRef,
+    cert_id: object,
+    reason: object,
+    unique_value: object,
+    ref_id_raw: object,
+    csr: object,
+) -> Order:
+    """A new certificate for the same names: new key unless a CSR is sent, no charge."""
+    reason_text = str(reason).strip() if reason is not None else ""
+    if not reason_text:
+        raise ApiError(Code.INVALID, {"reason": ["reason is required"]})
+    ref_id = _ref_id(ref_id_raw)
+    with ctx.db.transaction() as session:
+        old = load_order(session, account, cert_id)
+        again = _by_ref(session, old, ref_id, "reissue")
+        if again is not None:
+            return again
+        require_allowed(Operation.REISSUE, old.status)
+        names = [n.name for n in old.names]
+        old_csr, old_key_spec, old_holds_key = old.csr_pem, old.key_spec, bool(old.key_encrypted)
+    if isinstance(csr, str) and csr.strip():
+        params = OrderParams(
+            csr=csr,
+            private_key=None,
+            server=None,
+            unique_value=None,
+            domains=(),
+            organization=None,
+            administrator=None,
+            tech=None,
+            finance=None,
+            original_from_others=False,
+            key_spec=None,
+        )
+        key = check_customer_csr(params, names)
+    elif old_holds_key:
+        # The platform held the key: a reissue is the moment to replace it.
+        key = generate_order_key(names, old_key_spec or ctx.policy.default_key_spec)
+    else:
+        try:
+            key = OrderKey(csr=parse_csr(old_csr), private_key=None, generated=False, key_spec=None)
+        except CsrError as exc:  # pragma: no cover - stored CSRs were checked at place
+            raise ApiError(Code.UNEXPECTED, str(exc)) from exc
+    try:
+        with ctx.db.transaction() as session:
+            old = load_order(session, account, cert_id)
+            again = _by_ref(session, old, ref_id, "reissue")
+            if again is not None:
+                return again
+            require_allowed(Operation.REISSUE, old.status)
+            apply_params = dict(old.apply_params, csr=key.csr.pem)
+            unique = _unique_value(unique_value, old.unique_value)
+            if unique:
+                apply_params["uniqueValue"] = unique
+            change = Successor(
+                key=key,
+                domains=_names_of(old),
+                apply_params=apply_params,
+                unique_value=unique,
+                ov_status="done",
+                server=old.server,
+            )
+            return _create_successor(ctx, session, old, change, ref_id, "reissue", reason_text)
+    except IntegrityError:
+        with ctx.db.transaction() as session:
+            old = load_order(session, account, cert_id)
+            again = _by_ref(session, old, ref_id, "reissue")
+        if again is None:
+            raise
+        return again
+
+
+def replace(
+    ctx: OrdersContext, account: AccountRef, cert_id: object, ref_id_raw: object, raw_params: object
+) -> Order:
+    """New CSR, names and company data under the product's rules (SPEC 4.7); no charge, so the
+    replacement may not cover more than the purchase paid for."""
+    ref_id = _ref_id(ref_id_raw)
+    params_dict = decode_params(raw_params)
+    with ctx.db.transaction() as session:
+        old = load_order(session, account, cert_id)
+        again = _by_ref(session, old, ref_id, "replace")
+        if again is not None:
+            return again
+        require_allowed(Operation.REPLACE, old.status)
+        product = ctx.catalog.require(old.product_code)
+        old_params = dict(old.apply_params)
+        params = parse_order_params(params_dict, product, replace=True)
+        names = requested_names(params)
+        price = ctx.catalog.price_cents(product, old.years, names)
+        if price > old.price_cents:
+            raise ApiError.invalid(
+                "domainInfo",
+                f"the new names cost more than {old.cert_id} paid for; order the "
+                "extra names separately",
+            )
+        key = check_customer_csr(params, names)
+        apply_params = params.to_apply_params()
+        for kept in ("server", "organizationInfo", "Administrator", "tech", "finance"):
+            if not apply_params.get(kept) and old_params.get(kept):
+                apply_params[kept] = old_params[kept]
+        apply_params["csr"] = key.csr.pem
+        new_org = params.organization is not None and old.validation_level != "dv"
+        change = Successor(
+            key=key,
+            domains=params.domains,
+            apply_params=apply_params,
+            unique_value=params.unique_value or old.unique_value,
+            # New company data must be vetted again before it appears in a certificate.
+            ov_status="processing" if new_org else "done",
+            server=params.server or old.server,
+        )
+        return _create_successor(ctx, session, old, change, ref_id, "replace", "replace")
+
+
+def parse_reason(raw: object) -> int:
+    if raw is None or not str(raw).strip():
+        return 0
+    text = str(raw).strip()
+    if text.isdigit():
+        code = int(text)
+        if code in SUBSCRIBER_REASONS.values():
+            return code
+    elif (key := text.replace("_", "").replace(" ", "").lower()) in _REASON_LOOKUP:
+        return _REASON_LOOKUP[key]
+    allowed = ", ".join(f"{name} ({code})" for name, code in SUBSCRIBER_REASONS.items())
+    raise ApiError.invalid(
+        "reason",
+        f"reason {text[:40]} is not a revocation reason a subscriber "
+        f"may give (BR 7.2.2); use one of {allowed}",
+    )
+
+
+def revoke_certificates(session: Session, order: Order, reason: int, now: datetime) -> int:
+    rows = session.scalars(
+        select(Certificate).where(
+            Certificate.order_id == order.id,
+            Certificate.state == "issued",
+            Certificate.revoked_at.is_(None),
+        )
+    ).all()
+    for cert in rows:
+        cert.revoked_at = now
+        cert.revocation_reason = reason
+    return len(rows)
+
+
+def revoke(ctx: OrdersContext, account: AccountRef, cert_id: object, reason: object) -> None:
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        order = load_order(session, account, cert_id)
+        require_allowed(Operation.REVOKE, order.status)
+        code = parse_reason(reason)
+        count = revoke_certificates(session, order, code, now)
+        order.status = Status.REVOKED
+        order.renew_due_at = None
+        order.issue_due_at = None
+        order.updated_at = now
+        record_event(
+            session, order, "certificate.revoked", {"reason": code, "certificates": count}, now
+        )
+    publish_revocations(ctx)
+
+
+def publish_revocations(ctx: OrdersContext) -> None:
+    """Refresh the CRLs now, so relying parties see a revocation at once (OCSP reads the table)."""
+    try:
+        from certbroker.orders.revocation_lists import refresh_crls
+    except ImportError:  # pragma: no cover - CRLs not built in this tree
+        return
+    refresh_crls(ctx, force=True)
