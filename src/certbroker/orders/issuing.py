@@ -34,6 +34,9 @@ from certbroker.store.db import lock_row
 from certbroker.store.models import Certificate, Order
 from certbroker.validation.caa import check_caa
 
+# Marks a name's last result as a CAA refusal (shown in collect until issuance succeeds).
+CAA_PREFIX = "CAA: "
+
 # Certificates start a little in the past so that clients with slow clocks accept them.
 BACKDATE = timedelta(minutes=5)
 
@@ -258,6 +261,9 @@ def issue_order(ctx: OrdersContext, order_id: int, owner: str) -> bool:
         order.lease_until = None
         order.updated_at = now
         order.renew_due_at = next_renewal(ctx, cert, order.due_at)
+        for row in order.names:
+            if (row.last_result or "").startswith(CAA_PREFIX):
+                row.last_result = "CAA allows issuance"
         record_event(
             session,
             order,
@@ -305,7 +311,7 @@ def defer_for_caa(ctx: OrdersContext, order_id: int, owner: str, failures: dict[
             return
         for row in order.names:
             if row.name in failures:
-                detail = f"CAA: {failures[row.name]}"
+                detail = f"{CAA_PREFIX}{failures[row.name]}"
                 if row.last_result != detail:
                     record_event(
                         session,

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from certbroker.orders.dcv import DcvBlock
+from certbroker.orders.issuing import CAA_PREFIX
 from certbroker.orders.reuse import REUSE_PREFIX
 from certbroker.orders.views import OrderView
 
@@ -70,7 +71,10 @@ def collect(view: OrderView, utc_offset_hours: int) -> dict[str, Any]:
                 "verifiedBy": n.verified_how or "",
                 "reused": (n.verified_how or "").startswith(REUSE_PREFIX),
                 "lastCheckTime": date(n.last_checked_at),
-                "lastError": "" if n.verified else (n.last_result or ""),
+                # A verified name can still hold issuance back: CAA is read right before signing.
+                "lastError": (n.last_result or "")
+                if not n.verified or (n.last_result or "").startswith(CAA_PREFIX)
+                else "",
                 "nextCheckTime": "" if n.verified else date(n.next_check_at),
             }
             for n in view.names
