@@ -121,7 +121,7 @@ def nothing(world: World, name: str, data: dict[str, Any]) -> None:
 
 
 def path_of(data: dict[str, Any]) -> str:
-    return PKI_VALIDATION_DIR + data["DCVfileName"]
+    return PKI_VALIDATION_DIR + str(data["DCVfileName"])
 
 
 def wrong_content(world: World, name: str, data: dict[str, Any]) -> None:
