@@ -76,6 +76,28 @@ class ChallTestSrv:
     def clear_a(self, host: str) -> None:
         self._post("/clear-a", {"host": host})
 
+    # Names are matched case-sensitively by challtestsrv: use lower case, as the checks query.
+    def add_caa(self, host: str, *policies: tuple[str, str]) -> None:
+        """CAA records (flag 0) as (tag, value) pairs, e.g. ("issue", "letsencrypt.org")."""
+        body = [{"tag": tag, "value": value} for tag, value in policies]
+        self._post("/add-caa", {"host": host, "policies": body})
+
+    def clear_caa(self, host: str) -> None:
+        self._post("/clear-caa", {"host": host})
+
+    def set_cname(self, host: str, target: str) -> None:
+        self._post("/set-cname", {"host": host, "target": target})
+
+    def clear_cname(self, host: str) -> None:
+        self._post("/clear-cname", {"host": host})
+
+    def set_servfail(self, host: str) -> None:
+        """Every query for `host` (any type) answers SERVFAIL."""
+        self._post("/set-servfail", {"host": host})
+
+    def clear_servfail(self, host: str) -> None:
+        self._post("/clear-servfail", {"host": host})
+
     def close(self) -> None:
         self._process.terminate()
         try:

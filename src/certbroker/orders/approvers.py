@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from certbroker.orders.errors import ApiError, Code
 from certbroker.pki.names import NameSyntaxError, classify_name, normalize_name
+from certbroker.validation.psl import parents_to_registrable
 
 LOCAL_PARTS = ("admin", "administrator", "webmaster", "hostmaster", "postmaster")
 
 
 def approver_domains(name: str) -> list[str]:
-    """The name (the base of a wildcard) and each parent down to two labels."""
-    base = name[2:] if name.startswith("*.") else name
-    labels = base.split(".")
-    return [".".join(labels[i:]) for i in range(len(labels) - 1)]
+    """The name (the base of a wildcard) and each parent down to its registrable domain (Public
+    Suffix List, BR 3.2.2.4: labels are pruned only down to the Base Domain Name), so
+    admin@example.co.uk qualifies and admin@co.uk never does. Empty for a public suffix."""
+    return parents_to_registrable(name)
+
+
+def approver_addresses(name: str) -> list[str]:
+    """The five constructed addresses (BR 3.2.2.4.4) at each approver domain of a normalized
+    name, nearest domain first."""
+    return [f"{local}@{domain}" for domain in approver_domains(name) for local in LOCAL_PARTS]
 
 
 def approver_emails(raw_domain: object) -> list[str]:
@@ -25,4 +32,7 @@ def approver_emails(raw_domain: object) -> list[str]:
         raise ApiError.invalid("domainName", str(exc)) from exc
     if kind == "ip":
         raise ApiError.invalid("domainName", "IP addresses cannot be validated by e-mail")
-    return [f"{local}@{domain}" for domain in approver_domains(name) for local in LOCAL_PARTS]
+    emails = approver_addresses(name)
+    if not emails:
+        raise ApiError.invalid("domainName", f"{name} is a public suffix and has no approver")
+    return emails

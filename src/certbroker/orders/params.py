@@ -32,6 +32,7 @@ from typing import Any, Literal, cast, overload
 
 from certbroker.catalog.catalog import DCV_METHODS, FILE_DCV_METHODS, Product, billable_names
 from certbroker.catalog.countries import is_country_code
+from certbroker.orders.approvers import LOCAL_PARTS, approver_addresses
 from certbroker.orders.errors import ApiError, Code, FieldErrors
 
 __all__ = [
@@ -84,13 +85,7 @@ KEY_TYPES: tuple[str, ...] = ("rsa2048", "rsa3072", "rsa4096", "ec256", "ec384")
 DEFAULT_KEY_TYPE = "rsa2048"
 _KEY_TYPE_ALIASES = {"rsa": "rsa2048", "ecc": "ec256", "ecdsa": "ec256"}
 # BR 3.2.2.4.4: constructed e-mail to the domain contact uses exactly these local parts.
-APPROVER_LOCAL_PARTS: tuple[str, ...] = (
-    "admin",
-    "administrator",
-    "webmaster",
-    "hostmaster",
-    "postmaster",
-)
+APPROVER_LOCAL_PARTS: tuple[str, ...] = LOCAL_PARTS  # the rule lives in orders/approvers.py
 ORGANIZATION_ID_TYPES: tuple[str, ...] = ("TYDMZ", "OTHERS")
 
 MAX_TEXT = 255
@@ -442,12 +437,10 @@ def _check_name(name: str) -> tuple[NameKind | None, str]:
 
 def approver_emails(name: str) -> list[str]:
     """Approver addresses for `name` (BR 3.2.2.4.4): the five local parts at the name and at
-    each parent with at least two labels; for a wildcard, starting from its base domain.
+    each parent down to its registrable domain (Public Suffix List); for a wildcard, starting
+    from its base domain. Empty for a public suffix. Same rule as orders/approvers.py.
     """
-    host = name[2:] if name.startswith("*.") else name
-    labels = host.lower().split(".")
-    domains = [".".join(labels[i:]) for i in range(len(labels) - 1)]
-    return [f"{local}@{d}" for d in domains for local in APPROVER_LOCAL_PARTS]
+    return approver_addresses(name)
 
 
 def _name_key(name: str, kind: NameKind) -> str:
@@ -600,6 +593,10 @@ def _dcv_email(
     if method != "EMAIL":
         return None  # clients send "" or a stale address for other methods
     allowed = approver_emails(name)
+    if not allowed:
+        if field not in errs:
+            errs.add(field, f"{name} is a public suffix; e-mail validation is not possible")
+        return None
     if email is None:
         if field not in errs:
             errs.add(
@@ -857,3 +854,33 @@ def parse_order_params(
         original_from_others=original,
         key_spec=key_spec,
     )
+
+
+def parse_dcv_choice(
+    product: Product, name: str, raw_method: object, raw_email: object
+) -> DomainRequest:
+    """Check a new DCV method for one name of an order (updateDCV, SPEC 4.9) with the rules of
+    `place`: the product's methods, no file method for wildcards (BR 3.2.2.4.18), file methods
+    only for IPs (BR 3.2.2.5), an approver address for EMAIL."""
+    errs = _Errors()
+    entry = {"dcvMethod": raw_method, "dcvEmail": raw_email}
+    text = _text(errs, entry, "dcvMethod", "dcvMethod")
+    method = None
+    if text is None and "dcvMethod" not in errs:
+        errs.add("dcvMethod", f"dcvMethod is required; use one of {', '.join(product.dcv_methods)}")
+    elif text is not None:
+        method = _dcv_method(errs, text, "dcvMethod", product)
+    kind, _problem = _check_name(name)
+    email = None
+    if method is not None:
+        if kind == "wildcard" and method in FILE_DCV_METHODS:
+            errs.add(
+                "dcvMethod", f"{method} cannot validate the wildcard name {name} (BR 3.2.2.4.18)"
+            )
+        elif kind == "ip" and method not in FILE_DCV_METHODS:
+            errs.add("dcvMethod", f"{method} cannot validate the IP address {name} (BR 3.2.2.5)")
+        else:
+            email = _dcv_email(errs, entry, "", name, method)
+    if errs.fields or method is None:
+        raise ApiError(Code.INVALID, {k.lstrip("."): v for k, v in errs.fields.items()})
+    return DomainRequest(name=name, dcv_method=method, dcv_email=email)
