@@ -19,6 +19,8 @@ from certbroker.api.ops import ops_router
 from certbroker.api.pki_http import pki_router
 from certbroker.api.racent import routes as racent
 from certbroker.api.web.approval import approval_router
+from certbroker.api.web.downloads import downloads_router
+from certbroker.metrics import install_metrics
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.errors import ApiError, Code
 from certbroker.worker.runner import Worker
@@ -65,13 +67,20 @@ def create_app(ctx: OrdersContext, *, worker: bool = True, poll_seconds: float =
     racent.install(app, ctx)
     app.include_router(approval_router(ctx))
     app.include_router(ops_router(ctx))
+    install_metrics(app)
     app.include_router(pki_router(ctx))
+    app.include_router(downloads_router(ctx))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 405:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        racent_api = request.url.path.startswith("/ssl/")
+        if exc.status_code == 405 and racent_api:
             message = "every endpoint takes POST only"
             headers = {"Allow": "POST"}
+        elif exc.status_code == 405:
+            # CRL, OCSP, approval pages...: say which methods this path has.
+            message = "method not allowed"
+            headers = dict(exc.headers or {})
         elif exc.status_code == 404:
             message = "unknown endpoint"
             headers = {}

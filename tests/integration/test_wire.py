@@ -179,3 +179,9 @@ def test_legacy_dcv_lookups_and_country(service: Service) -> None:
     assert service.call("validatefile")["errors"] == {"orderId": ["orderId is required"]}
     countries = service.call("country")["data"]
     assert {"code": "CN"} in countries and len(countries) == 249
+
+
+def test_other_paths_name_their_own_methods(service: Service) -> None:
+    response = service.client.post("/crl/intermediate.crl")
+    assert response.status_code == 405
+    assert "GET" in response.headers["allow"] and "POST" not in response.headers["allow"]

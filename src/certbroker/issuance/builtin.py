@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -10,7 +10,20 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
-from certbroker.issuance.hierarchy import Issuer, create_hierarchy, is_initialized, load_issuer
+from certbroker.issuance.hierarchy import (
+    FILE_STEMS,
+    ROOT_OF,
+    CaName,
+    CaPrivateKey,
+    Issuer,
+    IssuerName,
+    _load_cert,
+    _load_key,
+    _spki,
+    create_hierarchy,
+    is_initialized,
+    load_issuer,
+)
 from certbroker.issuance.profile import (
     SubjectOrganization,
     build_leaf,
@@ -31,23 +44,69 @@ class LeafRequest:
     sandbox: bool
 
 
+@dataclass(frozen=True)
+class RootCa:
+    """A root with its key, for the CRL covering its intermediate (BR 4.9.7, 7.2)."""
+
+    name: CaName
+    certificate: x509.Certificate
+    key: CaPrivateKey
+
+
+def load_root(ca_dir: Path, which: IssuerName, passphrase: bytes | None = None) -> RootCa:
+    """Load the root above issuer `which`, checking that its key matches its certificate."""
+    name = ROOT_OF[which]
+    stem = FILE_STEMS[name]
+    cert = _load_cert(ca_dir, f"{stem}.pem")
+    key = _load_key(ca_dir, f"{stem}.key", passphrase)
+    if _spki(key.public_key()) != _spki(cert.public_key()):
+        raise ValueError(f"CA key {stem}.key does not match certificate {stem}.pem in {ca_dir}")
+    return RootCa(name=name, certificate=cert, key=key)
+
+
 class BuiltinCa:
-    def __init__(self, production: Issuer, sandbox: Issuer) -> None:
+    def __init__(
+        self,
+        production: Issuer,
+        sandbox: Issuer,
+        root_loader: Callable[[IssuerName], RootCa] | None = None,
+    ) -> None:
         self._issuers = {"production": production, "sandbox": sandbox}
+        self._root_loader = root_loader
 
     @classmethod
     def load_or_create(
-        cls, ca_dir: Path, *, public_url: str, organization: str, now: datetime
+        cls,
+        ca_dir: Path,
+        *,
+        public_url: str,
+        organization: str,
+        now: datetime,
+        passphrase: bytes | None = None,
     ) -> BuiltinCa:
         if not is_initialized(ca_dir):
-            create_hierarchy(ca_dir, organization=organization, now=now, public_url=public_url)
+            create_hierarchy(
+                ca_dir,
+                organization=organization,
+                now=now,
+                public_url=public_url,
+                passphrase=passphrase,
+            )
         return cls(
-            load_issuer(ca_dir, "production", public_url),
-            load_issuer(ca_dir, "sandbox", public_url),
+            load_issuer(ca_dir, "production", public_url, passphrase),
+            load_issuer(ca_dir, "sandbox", public_url, passphrase),
+            lambda which: load_root(ca_dir, which, passphrase),
         )
 
     def issuer(self, sandbox: bool) -> Issuer:
         return self._issuers["sandbox" if sandbox else "production"]
+
+    def root(self, which: IssuerName) -> RootCa:
+        """The root above issuer `which`, key included. Read from disk on each call: a root key
+        only signs the root's CRL, twice a year, so it is not kept in memory."""
+        if self._root_loader is None:
+            raise RuntimeError("this BuiltinCa was built without access to its root keys")
+        return self._root_loader(which)
 
     @staticmethod
     def new_serial() -> int:
