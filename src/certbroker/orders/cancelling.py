@@ -51,7 +51,7 @@ def cancel(ctx: OrdersContext, account: AccountRef, cert_id: object, reason: obj
     now = ctx.clock.now()
     reason_text = str(reason).strip() if reason is not None else ""
     with ctx.db.transaction() as session:
-        order = load_order(session, account, cert_id)
+        order = load_order(session, account, cert_id, lock=True)
         require_allowed(Operation.CANCEL, order.status)
         if not reason_text:
             raise ApiError(Code.INVALID, {"reason": ["reason is required"]})
@@ -75,6 +75,13 @@ def cancel(ctx: OrdersContext, account: AccountRef, cert_id: object, reason: obj
         ):
             cert.revoked_at = now
             cert.revocation_reason = REASON_CESSATION_OF_OPERATION
+        # A signature in progress for this order must never be stored now.
+        for cert in session.scalars(
+            select(Certificate).where(
+                Certificate.order_id == order.id, Certificate.state == "signing"
+            )
+        ):
+            cert.state = "abandoned"
         order.renew_due_at = None
         order.status = Status.CANCELLED
         order.cancelled_at = now

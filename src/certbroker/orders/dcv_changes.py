@@ -22,7 +22,7 @@ from certbroker.store.models import Order, OrderName
 
 
 def _pending(session: Session, account: AccountRef, cert_id: object, op: Operation) -> Order:
-    order = load_order(session, account, cert_id)
+    order = load_order(session, account, cert_id, lock=True)
     require_allowed(op, order.status)
     return order
 

@@ -228,7 +228,7 @@ def reissue(
             raise ApiError(Code.UNEXPECTED, str(exc)) from exc
     try:
         with ctx.db.transaction() as session:
-            old = load_order(session, account, cert_id)
+            old = load_order(session, account, cert_id, lock=True)
             again = _by_ref(session, old, ref_id, "reissue")
             if again is not None:
                 return again
@@ -263,7 +263,7 @@ def replace(
     ref_id = _ref_id(ref_id_raw)
     params_dict = decode_params(raw_params)
     with ctx.db.transaction() as session:
-        old = load_order(session, account, cert_id)
+        old = load_order(session, account, cert_id, lock=True)
         again = _by_ref(session, old, ref_id, "replace")
         if again is not None:
             return again
@@ -333,7 +333,7 @@ def revoke_certificates(session: Session, order: Order, reason: int, now: dateti
 def revoke(ctx: OrdersContext, account: AccountRef, cert_id: object, reason: object) -> None:
     now = ctx.clock.now()
     with ctx.db.transaction() as session:
-        order = load_order(session, account, cert_id)
+        order = load_order(session, account, cert_id, lock=True)
         require_allowed(Operation.REVOKE, order.status)
         code = parse_reason(reason)
         count = revoke_certificates(session, order, code, now)

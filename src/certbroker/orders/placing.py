@@ -49,7 +49,7 @@ class Renewal:
     window: timedelta
 
     def check(self, session: Session, account: AccountRef, now: datetime) -> Order:
-        old = load_order(session, account, self.cert_id, field="renewId")
+        old = load_order(session, account, self.cert_id, field="renewId", lock=True)
         require_allowed(Operation.RENEW, old.status)
         if old.renewed_by_cert_id:
             successor = session.scalar(

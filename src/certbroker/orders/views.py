@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from certbroker.orders.accounts import AccountRef
 from certbroker.orders.context import OrdersContext
@@ -69,14 +69,30 @@ class OrderView:
 
 
 def load_order(
-    session: Session, account: AccountRef, cert_id: object, field: str = "certId"
+    session: Session,
+    account: AccountRef,
+    cert_id: object,
+    field: str = "certId",
+    *,
+    lock: bool = False,
 ) -> Order:
-    """The account's order; another account's certId is answered exactly like an unknown one."""
+    """The account's order; another account's certId is answered exactly like an unknown one.
+
+    `lock`: for a change decided on what is read (its status): the row lock makes a worker
+    finishing the same order at that moment wait, instead of one of them overwriting the other."""
     if not isinstance(cert_id, str) or not cert_id.strip():
         raise ApiError(Code.INVALID, {field: [f"{field} is required"]})
-    order = session.scalar(
-        select(Order).where(Order.cert_id == cert_id.strip(), Order.account_id == account.id)
+    # One query with its names joined: half the CPU of the separate "selectin" query
+    # (collect is what clients poll; docs/PERFORMANCE.md).
+    query = (
+        select(Order)
+        .options(joinedload(Order.names))
+        .where(Order.cert_id == cert_id.strip(), Order.account_id == account.id)
     )
+    if lock:
+        # Only the order row: PostgreSQL cannot lock the nullable side of the outer join.
+        query = query.with_for_update(of=Order).execution_options(populate_existing=True)
+    order = session.scalars(query).unique().one_or_none()
     if order is None:
         raise ApiError(Code.INVALID, {field: [f"certificate {cert_id.strip()[:40]} not found"]})
     return order
