@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from certbroker import bootstrap
+from certbroker.api.limits import ApiGuard, ApiLimits
+from certbroker.api.racent.routes import configure_limits
 from certbroker.app import create_app
 from certbroker.clock import ManualClock
 from certbroker.orders import accounts, ledger
@@ -25,6 +27,8 @@ from certbroker.store.models import LedgerEntry, Order
 from certbroker.worker.runner import Worker
 from tests.helpers.challtestsrv import ChallTestSrv
 from tests.helpers.dcv_http_server import DcvHttpServer
+from tests.helpers.postgres import PostgresServer, require_postgres
+from tests.helpers.smtp_sink import SmtpSink
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -33,6 +37,33 @@ START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 def dns_server() -> Iterator[ChallTestSrv]:
     with ChallTestSrv() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL per session (skipped when not installed; a failure under CI=true)."""
+    require_postgres()
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None: the embedded SQLite default; else a migrated PostgreSQL database of this test."""
+    if request.param == "sqlite":
+        yield None
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name, url = server.fresh_database()
+    yield url
+    server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def smtp_sink() -> Iterator[SmtpSink]:
+    """The mail server every `service` sends to (approver e-mail DCV)."""
+    with SmtpSink() as sink:
+        yield sink
 
 
 @pytest.fixture
@@ -110,13 +141,21 @@ class Service:
 
 
 @pytest.fixture
-def service(tmp_path: Path, dns_server: ChallTestSrv, site: DcvHttpServer) -> Iterator[Service]:
+def service(
+    tmp_path: Path,
+    dns_server: ChallTestSrv,
+    site: DcvHttpServer,
+    database_url: str | None,
+    smtp_sink: SmtpSink,
+) -> Iterator[Service]:
     settings = Settings(
         data_dir=tmp_path / "data",
+        database_url=database_url,
         dcv_http_port=site.port,
         dcv_resolver=dns_server.resolver,
         dcv_allow_networks=["127.0.0.0/8"],
         dcv_timeout_seconds=3,
+        smtp_port=smtp_sink.port,
     )
     clock = ManualClock(START)
     ctx = bootstrap.build_context(settings, clock)
@@ -125,5 +164,7 @@ def service(tmp_path: Path, dns_server: ChallTestSrv, site: DcvHttpServer) -> It
     with ctx.db.transaction() as session:
         account_id = accounts.find_account(session, first.name).id
     app = create_app(ctx, worker=False)
+    # Rate limits have tests of their own; here they would only throttle long scenarios.
+    configure_limits(app, ApiGuard(replace(ApiLimits(), per_token=None, per_address=None)))
     with TestClient(app) as client:
         yield Service(ctx, client, clock, first.token, account_id, site, dns_server)

@@ -1,18 +1,27 @@
-"""Engine, sessions and migrations for SQLite (default) and PostgreSQL."""
+"""Engine, sessions and migrations for SQLite (default) and PostgreSQL (psycopg 3).
+
+Concurrency model. SQLite: every transaction starts with `BEGIN IMMEDIATE`, so writers run one
+at a time and a read-then-write inside a transaction cannot interleave with another writer.
+PostgreSQL: READ COMMITTED, many writers at once; a transaction that reads a row and then
+changes it on the strength of what it read must lock the row first (`lock_row`, i.e.
+`SELECT ... FOR UPDATE`), and work is claimed with `FOR UPDATE SKIP LOCKED`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -31,7 +40,16 @@ def _sqlite_begin_immediate(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def normalize_url(url: str) -> str:
+    """`postgresql://` without a driver means psycopg 3, the driver certbroker ships with."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
 def make_engine(url: str) -> Engine:
+    url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         # pysqlite's own transaction handling is switched off so BEGIN IMMEDIATE is ours.
@@ -44,13 +62,20 @@ def make_engine(url: str) -> Engine:
 
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        # A database that does not answer must fail /readyz and requests, not hang them.
+        connect_args={"connect_timeout": 10, "application_name": "certbroker"},
+    )
 
 
 class Database:
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine = make_engine(url)
+        self.url = normalize_url(url)
+        self.engine = make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
@@ -63,11 +88,25 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
+    def ping(self) -> None:
+        """Raise unless the database answers a query (readiness)."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
     def upgrade(self) -> None:
         upgrade(self.url, self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def lock_row(session: Session, model: type[T], ident: object) -> T | None:
+    """Load a row under its row lock and with its latest committed values (PostgreSQL
+    `SELECT ... FOR UPDATE`; SQLite renders no clause: BEGIN IMMEDIATE serialised the writer).
+
+    Use it before changing a row on the strength of what was read, e.g. an order's status, so
+    two processes cannot both act on the same old state."""
+    return session.get(model, ident, with_for_update=True, populate_existing=True)
 
 
 def alembic_config(url: str) -> Config:
@@ -77,12 +116,24 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+# pg_advisory_xact_lock key: processes starting together migrate one after another.
+MIGRATION_LOCK_KEY = 0x63657274_62726B72  # "certbrkr"
+
+
 def upgrade(url: str, engine: Engine | None = None) -> None:
     cfg = alembic_config(url)
-    if engine is not None:
+    own_engine = engine is None
+    engine = engine or make_engine(url)
+    try:
         with engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                # Held until the commit below; SQLite's BEGIN IMMEDIATE serialises by itself.
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
             connection.commit()
-    else:
-        command.upgrade(cfg, "head")
+    finally:
+        if own_engine:
+            engine.dispose()
