@@ -326,3 +326,36 @@ def snapshot(service: Service) -> tuple[object, ...]:
         orders = session.execute(select(Order.cert_id, Order.status, Order.updated_at)).all()
         certs = session.execute(select(Certificate.serial_hex, Certificate.revoked_at)).all()
     return (sorted(orders), sorted(certs), service.counts(), service.balance())
+
+
+def test_a_failed_reissue_refunds_nothing_and_reinstates_the_old_certificate(
+    service: Service,
+) -> None:
+    first = issue(service)
+    balance = service.balance()
+    # A replacement for a name that is never validated: its validation window ends.
+    csr = build_csr(generate_private_key("ec256"), ["www.example.com"]).pem
+    params = {
+        "csr": csr,
+        "domainInfo": [{"domainName": "www.example.com", "dcvMethod": "HTTP_CSR_HASH"}],
+    }
+    child = service.call("replace", certId=first["certId"], params=params)
+    assert child["code"] == 1, child
+    assert service.call("collect", certId=first["certId"])["status"] == "REISSUED"
+    service.advance(timedelta(days=31))
+    service.work()
+    assert service.call("collect", certId=child["data"]["certId"])["status"] == "FAILED"
+    assert service.call("collect", certId=first["certId"])["status"] == "COMPLETE"
+    assert service.balance() == balance, "a free reissue refunds nothing"
+
+
+def test_cancelling_a_reissue_refunds_the_purchase_once(service: Service) -> None:
+    first = issue(service)
+    paid = service.balance()
+    child = service.call("reissue", certId=first["certId"], reason="x")
+    service.work()
+    assert service.call("cancel", certId=child["data"]["certId"], reason="done")["code"] == 1
+    assert service.balance() == paid + 12_00
+    with service.ctx.db.transaction() as session:
+        live = session.scalars(select(Certificate).where(Certificate.revoked_at.is_(None))).all()
+    assert live == [], "every certificate of the purchase is revoked"

@@ -7,33 +7,19 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from certbroker.orders import ledger
 from certbroker.orders.accounts import AccountRef
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.dcv import mark_ready_if_complete
 from certbroker.orders.errors import ApiError, Code
 from certbroker.orders.events import record_event
 from certbroker.orders.lifecycle import publish_revocations
+from certbroker.orders.refunds import refund_purchase, settle_failure
 from certbroker.orders.states import Operation, Status, require_allowed
 from certbroker.orders.views import load_order
 from certbroker.store.models import Certificate, Order
 
 # RFC 5280 5.3.1 CRLReason: the subscriber no longer needs the certificate.
 REASON_CESSATION_OF_OPERATION = 5
-
-
-def _refund(session: Session, order: Order, now: datetime, note: str) -> None:
-    ledger.post(
-        session,
-        account_id=order.account_id,
-        amount_cents=order.price_cents,
-        kind="refund",
-        # One refund per purchase, whichever certId of it (reissued or not) is cancelled.
-        op_key=f"refund:{order.subscription_cert_id or order.cert_id}",
-        order_id=order.id,
-        now=now,
-        note=note,
-    )
 
 
 def _subscription_start(session: Session, order: Order) -> datetime | None:
@@ -88,7 +74,7 @@ def cancel(ctx: OrdersContext, account: AccountRef, cert_id: object, reason: obj
         order.cancel_reason = reason_text[:1000]
         order.issue_due_at = None
         order.updated_at = now
-        _refund(session, order, now, "cancelled")
+        refund_purchase(session, order, now, "cancelled")
         record_event(session, order, "order.cancelled", {"reason": order.cancel_reason}, now)
     publish_revocations(ctx)
 
@@ -134,5 +120,5 @@ def reject_organization(ctx: OrdersContext, cert_id: str, note: str) -> None:
         )
         order.issue_due_at = None
         order.updated_at = now
-        _refund(session, order, now, "organization validation rejected")
+        settle_failure(ctx, session, order, now, "organization validation rejected")
         record_event(session, order, "organization.rejected", {"note": note}, now)

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select, update
 
 from certbroker import metrics
-from certbroker.orders import ledger
 from certbroker.orders.context import OrdersContext, Policy
 from certbroker.orders.events import record_event
+from certbroker.orders.refunds import settle_failure
 from certbroker.orders.states import VALIDATING, Status
 from certbroker.pki import dcv_values
 from certbroker.store.db import lock_row
@@ -220,15 +220,6 @@ def fail_expired_orders(ctx: OrdersContext, limit: int = 100) -> int:
             order.status = Status.FAILED
             order.failure_reason = "the validation window ended before every name was validated"
             order.updated_at = now
-            ledger.post(
-                session,
-                account_id=order.account_id,
-                amount_cents=order.price_cents,
-                kind="refund",
-                op_key=f"refund:{order.cert_id}",
-                order_id=order.id,
-                now=now,
-                note="validation window ended",
-            )
+            settle_failure(ctx, session, order, now, "validation window ended")
             record_event(session, order, "order.failed", {"reason": order.failure_reason}, now)
     return len(ids)
