@@ -5,39 +5,28 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import func, select
 
+from certbroker import keyring
 from certbroker.catalog.catalog import Catalog
 from certbroker.clock import Clock, SystemClock
 from certbroker.issuance.builtin import BuiltinCa
 from certbroker.orders import accounts
 from certbroker.orders.context import OrdersContext, Policy
-from certbroker.pki.secretbox import SecretBox, generate_master_key
+from certbroker.pki.secretbox import SecretBox
 from certbroker.settings import Settings
 from certbroker.store.db import Database
 from certbroker.store.models import Account
 
-MASTER_KEY_FILE = "master.key"
-MASTER_KEY_ID = "k1"
-
-
-def _write_private(path: Path, text: str) -> None:
-    # Created 0600 from the first byte: never readable by others, even briefly.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+MASTER_KEY_FILE = keyring.LEGACY_KEY_FILE
+MASTER_KEY_ID = keyring.LEGACY_KEY_ID
 
 
 def master_keys(settings: Settings) -> SecretBox:
-    """The key that encrypts private keys at rest: from settings, else a file made on first run."""
-    if settings.master_key is not None:
-        return SecretBox({MASTER_KEY_ID: settings.master_key.get_secret_value()}, MASTER_KEY_ID)
-    path = settings.data_dir / MASTER_KEY_FILE
-    if not path.exists():
-        _write_private(path, generate_master_key() + "\n")
-    return SecretBox({MASTER_KEY_ID: path.read_text().strip()}, MASTER_KEY_ID)
+    """The master-key ring (keyring.py): from settings, else the data directory's (made on
+    first start), reloaded by the running process when `certbroker keys rotate` changes it."""
+    return keyring.open_ring(settings)
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -53,7 +42,19 @@ def policy_from(settings: Settings) -> Policy:
         dcv_resolver=settings.dcv_resolver,
         cancel_refund_window=timedelta(days=settings.cancel_refund_days),
         utc_offset_hours=settings.api_utc_offset_hours,
+        lease=timedelta(seconds=settings.worker_lease_seconds),
+        smtp_host=settings.smtp_host,
+        smtp_port=settings.smtp_port,
+        smtp_from=settings.smtp_from,
+        public_url=settings.public_url,
+        caa_domains=tuple(settings.caa_domains),
+        renew_lead=timedelta(days=settings.renew_lead_days),
     )
+
+
+def ca_passphrase(settings: Settings) -> bytes | None:
+    secret = settings.ca_key_passphrase
+    return secret.get_secret_value().encode("utf-8") if secret is not None else None
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -77,6 +78,7 @@ def build_context(settings: Settings, clock: Clock | None = None) -> OrdersConte
         public_url=settings.public_url,
         organization=settings.ca_organization,
         now=clock.now(),
+        passphrase=ca_passphrase(settings),
     )
     return OrdersContext(
         db=db,

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import inspect
+import os
+import shutil
+import tempfile
 from decimal import Decimal, InvalidOperation
 from secrets import token_hex
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
+from fastapi import FastAPI
 from rich.console import Console
 from rich.table import Table
 
-from certbroker import bootstrap, logs
+from certbroker import bootstrap, keyring, logs, metrics
+from certbroker.api.limits import ApiGuard, ApiLimits
+from certbroker.api.racent.routes import configure_limits
 from certbroker.app import create_app
 from certbroker.clock import SystemClock
-from certbroker.orders import accounts, cancelling, ledger
+from certbroker.orders import accounts, audit, cancelling, ledger, webhook_settings
+from certbroker.orders.context import OrdersContext
 from certbroker.orders.errors import ApiError
 from certbroker.settings import Settings
 from certbroker.store.db import Database
+from certbroker.worker.runner import run_until_signalled
 
 app = typer.Typer(no_args_is_help=True, help="certbroker: certificate ordering platform")
 account_app = typer.Typer(no_args_is_help=True, help="Reseller accounts")
@@ -42,10 +51,49 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def _server_app(settings: Settings, ctx: OrdersContext) -> FastAPI:
+    api = create_app(
+        ctx, worker=settings.worker_in_process, poll_seconds=settings.worker_poll_seconds
+    )
+    try:
+        limits = ApiLimits.from_settings(settings)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    configure_limits(api, ApiGuard(limits))
+    return api
+
+
+def server_app_from_environment() -> FastAPI:
+    """The ASGI app of one process of `serve --workers N` (uvicorn imports it by name): the
+    parent already migrated the database and created the CA; settings come from the same
+    environment and TOML file."""
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    return _server_app(settings, bootstrap.build_context(settings, SystemClock()))
+
+
+def _share_metrics_between_processes() -> str | None:
+    """prometheus_client multiprocess mode for the server processes of this host: a fresh
+    directory (stale files would add old counts), removed by the caller at exit."""
+    if os.environ.get(metrics.MULTIPROC_ENV):
+        return None  # the operator's directory: theirs to clear between runs
+    directory = tempfile.mkdtemp(prefix="certbroker-metrics-")
+    os.environ[metrics.MULTIPROC_ENV] = directory
+    return directory
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address (CERTBROKER_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (CERTBROKER_PORT)")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes sharing the port (PostgreSQL; each runs the in-process "
+            "worker unless CERTBROKER_WORKER_IN_PROCESS=false)",
+        ),
+    ] = 1,
 ) -> None:
     """Start the API server (and its in-process worker) on the configured data directory."""
     overrides: dict[str, object] = {}
@@ -66,10 +114,65 @@ def serve(
         f"(data: {settings.data_dir.resolve()})",
         highlight=False,
     )
-    api = create_app(
-        ctx, worker=settings.worker_in_process, poll_seconds=settings.worker_poll_seconds
-    )
-    uvicorn.run(api, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    api = _server_app(settings, ctx)
+    if workers == 1:
+        uvicorn.run(api, **uvicorn_options(settings))
+        return
+    # Each process builds its own app and connection pool from the same settings.
+    ctx.db.dispose()
+    metrics_dir = _share_metrics_between_processes()
+    supervise: dict[str, Any] = {}
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+        # A child answers the supervisor's ping only once it has imported everything and opened
+        # the CA; on a busy host that takes longer than uvicorn's 5 s, which restarts it forever.
+        supervise["timeout_worker_healthcheck"] = 60
+    try:
+        uvicorn.run(
+            "certbroker.cli:server_app_from_environment",
+            factory=True,
+            workers=workers,
+            **supervise,
+            **uvicorn_options(settings),
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Connection limits of `serve`. uvicorn has no header-read timeout: run it behind a proxy
+    that has one (docs/SETTINGS.md); bodies have their own time limit (api/racent/decoding.py)."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "http": "h11",  # its header-size limit is configurable, httptools' is not
+        "timeout_keep_alive": settings.http_keepalive_seconds,
+        "limit_concurrency": settings.http_max_concurrency,
+        "h11_max_incomplete_event_size": settings.http_max_header_bytes,
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.forwarded_allow_ips or None,
+    }
+
+
+@app.command()
+def worker(
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve this process's Prometheus metrics on this port")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address of the metrics port")] = "127.0.0.1",
+) -> None:
+    """Run a worker process alone: DCV checks, issuance, expiry (stops on SIGTERM/SIGINT).
+
+    Any number may run against one PostgreSQL; work is claimed with leases."""
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    ctx = bootstrap.build_context(settings, SystemClock())
+    if metrics_port is not None:
+        metrics.serve_metrics(metrics_port, metrics_host)
+    out.print("certbroker worker running", highlight=False)
+    run_until_signalled(ctx, poll_seconds=settings.worker_poll_seconds)
 
 
 @db_app.command("upgrade")
@@ -216,5 +319,203 @@ def ov_reject(cert_id: str, note: Annotated[str, typer.Option(help="Why")] = "")
     _ov_decision(cert_id, note, approve=False)
 
 
+keys_app = typer.Typer(no_args_is_help=True, help="Master keys that encrypt secrets at rest")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Key ids of the ring, the current one, and how many stored values each protects."""
+    settings = Settings()
+    try:
+        ring = keyring.open_ring(settings)
+    except keyring.KeyRingError as exc:
+        raise _fail(str(exc)) from exc
+    counts = keyring.usage(_db())
+    table = Table("key id", "current", "values protected")
+    for key_id in sorted(ring.key_ids | set(counts)):
+        table.add_row(
+            key_id, "yes" if key_id == ring.current_key_id else "", str(counts.get(key_id, 0))
+        )
+    out.print(table)
+
+
+def _reencrypt(batch_size: int) -> None:
+    try:
+        ring = keyring.open_ring(Settings())
+    except keyring.KeyRingError as exc:
+        raise _fail(str(exc)) from exc
+
+    def progress(column: str, rows: int) -> None:
+        out.print(f"  {column}: {rows} re-encrypted", highlight=False)
+
+    try:
+        report = keyring.reencrypt(_db(), ring, batch_size=batch_size, on_batch=progress)
+    except keyring.KeyRingError as exc:
+        raise _fail(str(exc)) from exc
+    out.print(
+        f"{report.total} values now under master key {ring.current_key_id} "
+        f"({report.batches} batches)",
+        highlight=False,
+    )
+
+
+BatchSize = Annotated[int, typer.Option(min=1, max=10_000, help="Rows per transaction")]
+
+
+@keys_app.command("rotate")
+def keys_rotate(batch_size: BatchSize = 100) -> None:
+    """Make a new current master key, then re-encrypt everything with it (server may run)."""
+    try:
+        key_id = keyring.add_current_key(Settings())
+    except keyring.KeyRingError as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"master key {key_id} is now current; re-encrypting", highlight=False)
+    _reencrypt(batch_size)
+    out.print("old keys stay in the ring for decryption until `certbroker keys retire ID`")
+
+
+@keys_app.command("reencrypt")
+def keys_reencrypt(batch_size: BatchSize = 100) -> None:
+    """Re-encrypt every stored secret under the current master key (e.g. after an env change)."""
+    _reencrypt(batch_size)
+
+
+@keys_app.command("retire")
+def keys_retire(key_id: str) -> None:
+    """Remove an old master key from the ring once nothing is encrypted with it."""
+    try:
+        keyring.retire_key(Settings(), _db(), key_id)
+    except keyring.KeyRingError as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"master key {key_id} retired", highlight=False)
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The audit log of state-changing API calls")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("list")
+def audit_list(
+    account: Annotated[str | None, typer.Option(help="Account name or id")] = None,
+    cert_id: Annotated[str | None, typer.Option(help="Only calls about this certId")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=audit.MAX_LIST, help="Newest N")] = 50,
+) -> None:
+    """Newest entries first: time (UTC), account, token, source address, action, certId, code."""
+    db = _db()
+    try:
+        with db.transaction() as session:
+            account_id = accounts.find_account(session, account).id if account else None
+            rows = audit.list_entries(session, account_id=account_id, cert_id=cert_id, limit=limit)
+    except accounts.UnknownAccountError as exc:
+        raise _fail(str(exc)) from exc
+    # One line per entry, key=value: easy to grep and to read in a terminal of any width.
+    for row in rows:
+        out.print(
+            f"{row.created_at:%Y-%m-%d %H:%M:%S} account={_or_dash(row.account_id)} "
+            f"token={_or_dash(row.token_id)} address={row.source_address or '-'} "
+            f"action={row.action} certId={_or_dash(row.cert_id)} code={row.code}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
 def main() -> None:
     app()
+
+
+# --- webhooks (notify/webhooks.py; docs/API.md "Webhooks") ---------------------------------
+
+webhook_app = typer.Typer(no_args_is_help=True, help="Webhooks: events POSTed to an account's URL")
+app.add_typer(webhook_app, name="webhook")
+
+
+def _account_id(db: Database, account: str) -> int:
+    try:
+        with db.transaction() as session:
+            return accounts.find_account(session, account).id
+    except accounts.UnknownAccountError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@webhook_app.command("set")
+def webhook_set(
+    account: Annotated[str, typer.Argument(help="Account name or id")],
+    url: Annotated[str, typer.Argument(help="Callback URL (http or https, public address)")],
+    secret: Annotated[
+        str | None,
+        typer.Option(help="Signing secret; by default one is generated (and printed once)"),
+    ] = None,
+    rotate_secret: Annotated[
+        bool, typer.Option(help="Replace the current secret by a new generated one")
+    ] = False,
+) -> None:
+    """Set an account's webhook URL and enable it (only later events are delivered)."""
+    ctx = bootstrap.build_context(Settings())
+    account_id = _account_id(ctx.db, account)
+    try:
+        view = webhook_settings.set_webhook(
+            ctx, account_id, url, secret, rotate_secret=rotate_secret
+        )
+    except ApiError as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"webhook of {account}: {view.url} (enabled)", highlight=False)
+    if view.secret is not None:
+        out.print("Signing secret (shown only now):")
+        out.print(view.secret, soft_wrap=True, highlight=False)
+
+
+@webhook_app.command("show")
+def webhook_show(account: Annotated[str, typer.Argument(help="Account name or id")]) -> None:
+    """An account's webhook (never its secret)."""
+    ctx = bootstrap.build_context(Settings())
+    account_id = _account_id(ctx.db, account)
+    view = webhook_settings.show_webhook(ctx, account_id)
+    if view is None:
+        out.print(f"{account} has no webhook")
+        return
+    state = "enabled" if view.enabled else f"disabled since {view.disabled_at:%Y-%m-%d %H:%M:%S}"
+    out.print(f"webhook of {account}: {view.url} ({state})", highlight=False)
+
+
+@webhook_app.command("disable")
+def webhook_disable(account: Annotated[str, typer.Argument(help="Account name or id")]) -> None:
+    """Stop an account's webhook; its pending deliveries are cancelled."""
+    ctx = bootstrap.build_context(Settings())
+    account_id = _account_id(ctx.db, account)
+    if webhook_settings.disable_webhook(ctx, account_id) is None:
+        raise _fail(f"{account} has no webhook")
+    out.print(f"webhook of {account} disabled")
+
+
+@webhook_app.command("deliveries")
+def webhook_deliveries(
+    account: Annotated[str, typer.Argument(help="Account name or id")],
+    cert_id: Annotated[str | None, typer.Option(help="Only events of this certId")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first")] = 50,
+) -> None:
+    """The delivery log of an account: one line per event, newest first."""
+    ctx = bootstrap.build_context(Settings())
+    account_id = _account_id(ctx.db, account)
+    try:
+        items = webhook_settings.list_deliveries(ctx, account_id, cert_id, limit)
+    except ApiError as exc:
+        raise _fail(str(exc)) from exc
+    table = Table(
+        "event", "type", "certId", "status", "attempts", "last attempt (UTC)", "last error"
+    )
+    for item in items:
+        table.add_row(
+            item.event_id,
+            item.event_type,
+            item.cert_id or "",
+            item.state,
+            str(item.attempts),
+            "" if item.last_attempt_at is None else f"{item.last_attempt_at:%Y-%m-%d %H:%M:%S}",
+            item.last_error or "",
+        )
+    out.print(table)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+_RATE = re.compile(r"off|none|0|(\d+(\.\d+)?|\.\d+)(\s*,\s*[1-9]\d*)?")
 
 
 def _config_file() -> Path:
@@ -38,7 +41,13 @@ class Settings(BaseSettings):
     port: int = 8080
     # Base of AIA/CRL/OCSP URLs and approval links; linters want a public-looking name.
     public_url: str = "http://certbroker.example.com"
+    # Master keys (keyring.py): one key, or a ring {id: key} whose current key is MASTER_KEY_ID;
+    # unset, the ring lives in the data directory and `certbroker keys rotate` manages it.
     master_key: SecretStr | None = None
+    master_keys: SecretStr | None = None
+    master_key_id: str | None = None
+    # Encrypts the CA key files (PKCS#8, AES-256-CBC) when set; needed to create and load them.
+    ca_key_passphrase: SecretStr | None = None
 
     dcv_http_port: int = 80
     dcv_https_port: int = 443
@@ -55,6 +64,8 @@ class Settings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
     smtp_from: str = "certbroker@example.com"
+    # Automatic reissue inside a subscription starts this many days before a certificate ends.
+    renew_lead_days: int = 30
     caa_domains: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["certbroker.example.com"]
     )
@@ -63,14 +74,34 @@ class Settings(BaseSettings):
     # Run the background worker inside `serve` (the default with SQLite).
     worker_in_process: bool = True
     worker_poll_seconds: float = 1.0
+    # How long a claimed work item stays a worker's; after that another worker takes it over
+    # (the first crashed or stalled). Longer than the slowest DCV check (dcv_timeout_seconds).
+    worker_lease_seconds: float = 120.0
     # Dates on the wire; the live service speaks China time (SPEC 1.5).
     api_utc_offset_hours: int = 8
     # Refund window for an issued certificate (SPEC 4.5).
     cancel_refund_days: int = 30
+    # HTTP hardening (issue 7). Rates are "<requests per second>,<burst>" or "off".
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    http_keepalive_seconds: int = Field(default=5, ge=1)
+    http_max_concurrency: int = Field(default=500, ge=1)
+    http_max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1"]
+    )
+    rate_limit_per_token: str = "20,200"  # noqa: S105 - not a secret
+    rate_limit_per_address: str = "50,500"
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("dcv_allow_networks", "caa_domains", "dcv_retry_seconds", mode="before")
+    @field_validator(
+        "dcv_allow_networks",
+        "caa_domains",
+        "dcv_retry_seconds",
+        "forwarded_allow_ips",
+        mode="before",
+    )
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         # Environment variables may give lists as "a,b" as well as JSON.
@@ -78,6 +109,15 @@ class Settings(BaseSettings):
             if value.lstrip().startswith("["):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("rate_limit_per_token", "rate_limit_per_address")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        if not _RATE.fullmatch(value.strip().lower()):
+            raise ValueError(
+                "a rate limit is 'off' or '<requests per second>,<burst>', e.g. '20,200'"
+            )
         return value
 
     @classmethod

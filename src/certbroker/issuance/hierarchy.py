@@ -230,11 +230,15 @@ def _build_intermediate(
     )
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _key_pem(key: ec.EllipticCurvePrivateKey, passphrase: bytes | None = None) -> bytes:
+    # With a passphrase: encrypted PKCS#8 (PBES2, the best scheme cryptography offers).
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
     return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
 
 
@@ -273,8 +277,11 @@ def create_hierarchy(
     now: datetime,
     organization: str = "certbroker",
     country: str = DEFAULT_COUNTRY,
+    passphrase: bytes | None = None,
 ) -> None:
     """Create the root and both intermediates (ECDSA P-384) in `ca_dir`.
+
+    With `passphrase` the key files are encrypted with it (they are 0600 either way).
 
     Refuses to touch a directory that already holds any CA file. Concurrent callers are safe:
     files are published in a fixed order without overwriting, so only one caller succeeds.
@@ -311,7 +318,7 @@ def create_hierarchy(
         root_name = ROOT_OF[which]
         root_key = ec.generate_private_key(ec.SECP384R1())
         root = _build_root(root_key, _ca_name(country, organization, names[root_name]), now)
-        outputs.append((f"{FILE_STEMS[root_name]}.key", _key_pem(root_key), _KEY_MODE))
+        outputs.append((f"{FILE_STEMS[root_name]}.key", _key_pem(root_key, passphrase), _KEY_MODE))
         outputs.append((f"{FILE_STEMS[root_name]}.pem", _cert_pem(root), _CERT_MODE))
         key = ec.generate_private_key(ec.SECP384R1())
         cert = _build_intermediate(
@@ -323,7 +330,7 @@ def create_hierarchy(
             now=now,
         )
         stem = FILE_STEMS[which]
-        outputs.append((f"{stem}.key", _key_pem(key), _KEY_MODE))
+        outputs.append((f"{stem}.key", _key_pem(key, passphrase), _KEY_MODE))
         outputs.append((f"{stem}.pem", _cert_pem(cert), _CERT_MODE))
     for name, data, mode in outputs:
         _publish(ca_dir, name, data, mode)
@@ -347,11 +354,27 @@ def _load_cert(ca_dir: Path, name: str) -> x509.Certificate:
         raise ValueError(f"CA file {ca_dir / name} is not a PEM certificate: {exc}") from None
 
 
-def _load_key(ca_dir: Path, name: str) -> CaPrivateKey:
+def _load_key(ca_dir: Path, name: str, passphrase: bytes | None = None) -> CaPrivateKey:
+    data = _read(ca_dir, name)
+    encrypted = (
+        b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
+    )
+    path = ca_dir / name
+    if encrypted and not passphrase:
+        raise ValueError(f"CA key {path} is encrypted; set CERTBROKER_CA_KEY_PASSPHRASE")
+    if not encrypted and passphrase:
+        raise ValueError(
+            f"CA key {path} is not encrypted but CERTBROKER_CA_KEY_PASSPHRASE is set; encrypt "
+            "the key files with it (see docs/SETTINGS.md) or unset it"
+        )
     try:
-        key = serialization.load_pem_private_key(_read(ca_dir, name), password=None)
+        key = serialization.load_pem_private_key(data, password=passphrase or None)
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"CA file {ca_dir / name} is not an unencrypted PEM key: {exc}") from None
+        if encrypted:  # the library's message does not help more than this
+            raise ValueError(
+                f"CA key {path} could not be decrypted with CERTBROKER_CA_KEY_PASSPHRASE"
+            ) from None
+        raise ValueError(f"CA file {path} is not a PEM private key: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise ValueError(f"CA file {ca_dir / name} holds a {type(key).__name__}; need EC or RSA")
     return key
@@ -363,7 +386,9 @@ def _spki(key: CertificatePublicKeyTypes) -> bytes:
     )
 
 
-def load_issuer(ca_dir: Path, which: IssuerName, public_url: str) -> Issuer:
+def load_issuer(
+    ca_dir: Path, which: IssuerName, public_url: str, passphrase: bytes | None = None
+) -> Issuer:
     """Load an issuing intermediate, checking that its key matches and the root signed it."""
     if which not in ("production", "sandbox"):
         raise ValueError(f"unknown issuer {which!r}; expected 'production' or 'sandbox'")
@@ -371,7 +396,7 @@ def load_issuer(ca_dir: Path, which: IssuerName, public_url: str) -> Issuer:
     root_file = f"{FILE_STEMS[ROOT_OF[which]]}.pem"
     root = _load_cert(ca_dir, root_file)
     cert = _load_cert(ca_dir, f"{stem}.pem")
-    key = _load_key(ca_dir, f"{stem}.key")
+    key = _load_key(ca_dir, f"{stem}.key", passphrase)
     if _spki(key.public_key()) != _spki(cert.public_key()):
         raise ValueError(f"CA key {stem}.key does not match certificate {stem}.pem in {ca_dir}")
     try:

@@ -13,14 +13,23 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    ORMExecuteState,
+    Session,
+    mapped_column,
+    relationship,
+)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -127,6 +136,19 @@ class Order(Base):
     cancel_reason: Mapped[str | None] = mapped_column(Text)
     failure_reason: Mapped[str | None] = mapped_column(Text)
     parent_cert_id: Mapped[str | None] = mapped_column(String(32))
+    # The purchase this order belongs to: itself, or the order it reissues/replaces.
+    subscription_cert_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    # When the worker reissues the next certificate of the subscription (lead time before end).
+    renew_due_at: Mapped[datetime | None] = mapped_column(index=True)
+    renewed_by_cert_id: Mapped[str | None] = mapped_column(String(32))
+    # Days added to the subscription: carried over by renew, or originalfromOthers (SPEC 3.1).
+    bonus_days: Mapped[int] = mapped_column(Integer, default=0)
+    subscription_notice_sent: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Optimistic lock (SQLAlchemy version_id_col): every ORM UPDATE of an order checks the
+    # version it read, so a change based on a stale read (PostgreSQL READ COMMITTED, another
+    # process changed the order meanwhile) fails instead of silently overwriting that change.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - read once, at mapping
 
     names: Mapped[list[OrderName]] = relationship(
         back_populates="order", order_by="OrderName.position", lazy="selectin"
@@ -146,7 +168,8 @@ class OrderName(Base):
     dcv_method: Mapped[str] = mapped_column(String(20))
     dcv_email: Mapped[str | None] = mapped_column(String(255))
     verified_at: Mapped[datetime | None]
-    verified_how: Mapped[str | None] = mapped_column(String(64))
+    # Long enough for "EMAIL <approver address>" (an address may have 320 characters).
+    verified_how: Mapped[str | None] = mapped_column(String(400))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_checked_at: Mapped[datetime | None]
     last_result: Mapped[str | None] = mapped_column(Text)
@@ -192,3 +215,156 @@ class Event(Base):
     payload: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
     delivered_at: Mapped[datetime | None]
+    # Webhooks (notify/webhooks.py): None until the worker looks at the event for a configured
+    # webhook; then "queued" (a webhook_deliveries row exists) or "skipped" (before set-up).
+    webhook_state: Mapped[str | None] = mapped_column(String(16))
+
+    __table_args__ = (Index("ix_events_webhook", "account_id", "webhook_state"),)
+
+
+class OutgoingMail(Base):
+    """The mail outbox (DESIGN.md: mails are sent from the outbox by the worker, never inline).
+
+    The body may hold secrets (approval links), so it is stored encrypted (pki.secretbox, context
+    `mail:<id>`) and cleared once the message is sent or abandoned.
+    """
+
+    __tablename__ = "mail_outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), index=True)
+    recipient: Mapped[str] = mapped_column(String(320))
+    subject: Mapped[str] = mapped_column(Text)
+    body_encrypted: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))  # queued | sent | failed | cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    # Due time of the next attempt; None once the mail is sent, failed or cancelled.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    send_until: Mapped[datetime]  # give up after this (e.g. the approval link expires)
+    lease_until: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    sent_at: Mapped[datetime | None]
+
+
+class DcvEmailApproval(Base):
+    """One approver e-mail for one order name (BR 3.2.2.4.4). Only SHA-256 hashes of its Random
+    Value (the link token) and of its code are kept."""
+
+    __tablename__ = "dcv_email_approvals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_name_id: Mapped[int] = mapped_column(ForeignKey("order_names.id"), index=True)
+    recipient: Mapped[str] = mapped_column(String(320))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    mail_id: Mapped[int | None] = mapped_column(ForeignKey("mail_outbox.id"))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    failed_code_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_at: Mapped[datetime | None]  # too many wrong codes
+    used_at: Mapped[datetime | None]  # the approval was given (single use)
+    revoked_at: Mapped[datetime | None]  # superseded by a resend
+
+
+class AuditEntry(Base):
+    """Append-only record of every state-changing API call, failed ones included (issue 7).
+
+    Rows are only ever inserted (orders/audit.py); the listeners below refuse ORM updates and
+    deletes, so no code path can rewrite history."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    # None when the call failed before its token was recognised.
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
+    source_address: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(40))  # the endpoint, e.g. "place"
+    cert_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    code: Mapped[int] = mapped_column(Integer)  # the envelope code answered
+
+
+class AppendOnlyError(RuntimeError):
+    pass
+
+
+@event.listens_for(AuditEntry, "before_update")
+@event.listens_for(AuditEntry, "before_delete")
+def _audit_rows_are_final(_mapper: Any, _connection: Any, _target: AuditEntry) -> None:
+    raise AppendOnlyError("audit_log is append-only: rows are never updated or deleted")
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _no_bulk_audit_changes(state: ORMExecuteState) -> None:
+    table = getattr(state.statement, "table", None)
+    if (state.is_update or state.is_delete) and getattr(table, "name", None) == "audit_log":
+        raise AppendOnlyError("audit_log is append-only: rows are never updated or deleted")
+
+
+class WebhookEndpoint(Base):
+    """An account's webhook (notify/webhooks.py). The signing secret is stored encrypted
+    (pki.secretbox, context `webhook:<account id>`)."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), unique=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    secret_encrypted: Mapped[str] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+
+
+class WebhookDelivery(Base):
+    """One event to deliver to its account's webhook: a work row with a due time and a lease."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed | cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    give_up_at: Mapped[datetime]
+    # Due time of the next attempt; None once delivered, failed or cancelled.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    lease_until: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    last_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
+
+
+class WebhookAttempt(Base):
+    """The delivery log: one row per HTTP attempt, readable by the reseller."""
+
+    __tablename__ = "webhook_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id"), index=True)
+    attempted_at: Mapped[datetime]
+    url: Mapped[str] = mapped_column(String(2048))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RevocationList(Base):
+    """The current CRL of each CA (RFC 5280 5, BR 7.2), kept in the database so that every
+    process serves the same one; orders/revocation_lists.py rebuilds it in place."""
+
+    __tablename__ = "crls"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ca: Mapped[str] = mapped_column(String(16), unique=True)  # production | sandbox | root | ...
+    number: Mapped[int] = mapped_column(BigInteger)  # cRLNumber, strictly increasing (BR 7.2.2)
+    this_update: Mapped[datetime]
+    next_update: Mapped[datetime]
+    # SHA-256 over the listed (serial, time, reason) entries: a change means a new CRL is due.
+    entries_digest: Mapped[str] = mapped_column(String(64))
+    entries: Mapped[int] = mapped_column(Integer)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# The CRL refresh reads the revoked certificates on every worker pass: only those, not the table.
+Index("ix_certificates_revoked", Certificate.revoked_at)

@@ -1,58 +1,119 @@
-"""Request bodies as Racent clients send them (SPEC 1.2): multipart, urlencoded or JSON."""
+"""Request bodies as Racent clients send them (SPEC 1.2): multipart, urlencoded or JSON.
+
+The body is read in full, under a size limit enforced while it streams in (also for chunked
+bodies without Content-Length) and a time limit, before anything parses it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Message
 
+from certbroker.api.limits import DEFAULT_MAX_BODY_BYTES
 from certbroker.orders.errors import ApiError, Code
 
-MAX_BODY_BYTES = 4 * 1024 * 1024  # room for two 2 MB pictures (SPEC 4.1 verificationPic)
+MAX_BODY_BYTES = DEFAULT_MAX_BODY_BYTES
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 def _bad(message: str) -> ApiError:
     return ApiError(Code.INVALID, message)
 
 
-async def read_fields(request: Request) -> dict[str, Any]:
-    """A flat mapping of field name to value; nested fields stay JSON strings or objects."""
+def _too_large(max_bytes: int) -> ApiError:
+    return _bad(f"request body is larger than {max_bytes} bytes")
+
+
+async def read_body(request: Request, max_bytes: int, timeout_seconds: float) -> bytes:
+    """The raw body, refused as soon as it grows past `max_bytes` or takes too long."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _bad(f"request body is larger than {MAX_BODY_BYTES} bytes")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _too_large(max_bytes)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise _bad(f"the request body did not arrive within {timeout_seconds:g} seconds") from None
+    except ClientDisconnect:
+        raise _bad("the client closed the connection before the body was complete") from None
+    return b"".join(chunks)
+
+
+def _replay(request: Request, body: bytes) -> Request:
+    """A request whose body is `body`, already read and bounded, for starlette's form parser."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
+
+
+async def read_fields(
+    request: Request,
+    *,
+    max_bytes: int = MAX_BODY_BYTES,
+    timeout_seconds: float = 30.0,
+) -> dict[str, Any]:
+    """A flat mapping of field name to value; nested fields stay JSON strings or objects.
+
+    File parts stay `UploadFile`s; the caller closes them (`close_uploads`).
+    """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+    body = await read_body(request, max_bytes, timeout_seconds)
+    if content_type in FORM_TYPES:
         try:
-            form = await request.form(max_files=4, max_fields=200)
+            form = await _replay(request, body).form(max_files=4, max_fields=200)
         except Exception as exc:  # starlette raises several types for malformed forms
-            raise _bad(f"the form body could not be read: {exc}") from exc
-        fields: dict[str, Any] = {}
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                fields[key] = value
-            else:
-                fields[key] = value
-        return fields
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise _bad(f"request body is larger than {MAX_BODY_BYTES} bytes")
+            # The parser's message names the problem (boundary, part size), never the content.
+            raise _bad(f"the form body could not be read: {_reason(exc)}") from exc
+        return dict(form.multi_items())
     if not body.strip():
         return {}
     if content_type in ("application/json", "text/json", "") or content_type.endswith("+json"):
         try:
             parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _bad(f"the body is not valid JSON: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise _bad(
+                f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
+        except (ValueError, RecursionError):
+            # Invalid UTF-8, integers longer than Python accepts, pathological nesting.
+            raise _bad("the body is not valid JSON") from None
         if not isinstance(parsed, dict):
             raise _bad("the JSON body must be an object of fields")
         return parsed
     raise ApiError(
         Code.INVALID,
-        f"unsupported Content-Type {content_type!r}; send multipart/form-data, "
+        f"unsupported Content-Type {content_type[:100]!r}; send multipart/form-data, "
         "application/x-www-form-urlencoded or application/json",
     )
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]
+
+
+async def close_uploads(fields: dict[str, Any]) -> None:
+    for value in fields.values():
+        if isinstance(value, UploadFile):
+            await value.close()
 
 
 def text_field(fields: dict[str, Any], name: str) -> str | None:

@@ -1,8 +1,15 @@
-"""The Racent-compatible front end: `POST /ssl/<endpoint>`, answered in the envelope."""
+"""The Racent-compatible front end: `POST /ssl/<endpoint>`, answered in the envelope.
+
+Each request passes, in order: the per-address rate limit, the body limits (size, time), the
+field lengths, authentication, the per-token rate limit, then the handler. State-changing calls
+are written to the audit log whatever their result, except rate-limited ones (a flood must not
+become a flood of rows).
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -11,15 +18,46 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from certbroker import metrics
+from certbroker.api.limits import (
+    RATE_LIMITED_CODE,
+    ApiGuard,
+    ApiLimits,
+    RateLimited,
+    check_field_lengths,
+)
 from certbroker.api.racent import envelope, schemas
-from certbroker.api.racent.decoding import read_fields, text_field
+from certbroker.api.racent.decoding import close_uploads, read_fields, text_field
 from certbroker.api.racent.endpoints import ENDPOINTS, Endpoint
-from certbroker.orders.accounts import authenticate
+from certbroker.orders import audit
+from certbroker.orders.accounts import AccountRef, authenticate
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.errors import ApiError, Code
 
 PREFIX = "/ssl/"
 log = structlog.get_logger("certbroker.api")
+
+# Fields that name the order a call is about, for the audit log.
+CERT_ID_FIELDS = ("certId", "orderId", "renewId")
+# The SPEC's state-changing calls are audited even if their Endpoint forgot `changes_state`.
+SPEC_STATE_CHANGING = frozenset(
+    {
+        "place",
+        "cancel",
+        "reissue",
+        "replace",
+        "renew",
+        "revoke",
+        "updateDCV",
+        "batchUpdateDCV",
+        "removeMdcDomain",
+        "batchRemoveMdcDomain",
+    }
+)
+
+
+def audited(endpoint: Endpoint) -> bool:
+    return endpoint.changes_state or endpoint.name in SPEC_STATE_CHANGING
 
 
 class CaseInsensitiveEndpoints:
@@ -40,6 +78,19 @@ class CaseInsensitiveEndpoints:
         await self.app(scope, receive, send)
 
 
+def configure_limits(app: Any, guard: ApiGuard) -> None:
+    """Replace the limits of a running app (serve applies the settings; tests set low ones)."""
+    app.state.api_guard = guard
+
+
+def guard_of(app: Any) -> ApiGuard:
+    guard = getattr(app.state, "api_guard", None)
+    if not isinstance(guard, ApiGuard):
+        guard = ApiGuard(ApiLimits())
+        app.state.api_guard = guard
+    return guard
+
+
 def _request_body_doc(model: type[Any]) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {
@@ -52,31 +103,106 @@ def _request_body_doc(model: type[Any]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Caller:
+    """What is known about who calls, filled in as the request goes through the checks."""
+
+    address: str
+    account: AccountRef | None = None
+
+
 def _run(
-    ctx: OrdersContext, endpoint: Endpoint, fields: dict[str, Any]
-) -> tuple[Any, dict[str, Any], int]:
+    ctx: OrdersContext, guard: ApiGuard, endpoint: Endpoint, fields: dict[str, Any], caller: _Caller
+) -> tuple[Any, dict[str, Any]]:
     with ctx.db.transaction() as session:
-        account = authenticate(session, text_field(fields, "api_token"), ctx.clock.now())
-    data, extra = endpoint.handler(ctx, account, fields)
-    return data, extra, account.id
+        caller.account = authenticate(session, text_field(fields, "api_token"), ctx.clock.now())
+    guard.check_token(caller.account.token_id)
+    return endpoint.handler(ctx, caller.account, fields)
+
+
+def _cert_id(fields: dict[str, Any], data: Any) -> str | None:
+    for name in CERT_ID_FIELDS:
+        value = fields.get(name)
+        if isinstance(value, str | int) and str(value).strip():
+            return str(value).strip()
+    if isinstance(data, dict) and isinstance(data.get("certId"), str):
+        return str(data["certId"])
+    return None
+
+
+def _audit(
+    ctx: OrdersContext,
+    endpoint: Endpoint,
+    caller: _Caller,
+    fields: dict[str, Any],
+    data: Any,
+    code: int,
+) -> None:
+    try:
+        with ctx.db.transaction() as session:
+            audit.record(
+                session,
+                now=ctx.clock.now(),
+                account_id=caller.account.id if caller.account else None,
+                token_id=caller.account.token_id if caller.account else None,
+                source_address=caller.address,
+                action=endpoint.name,
+                cert_id=_cert_id(fields, data),
+                code=code,
+            )
+    except Exception:
+        # The call itself has been answered and committed; losing its audit row must be loud.
+        log.exception("audit write failed", endpoint=endpoint.name, code=code)
+
+
+def rate_limited_response(limited: RateLimited) -> JSONResponse:
+    return JSONResponse(
+        limited.body(), status_code=429, headers={"Retry-After": limited.retry_after_header}
+    )
 
 
 def _route(ctx: OrdersContext, endpoint: Endpoint) -> Any:
     async def handle(request: Request) -> JSONResponse:
         started = time.perf_counter()
-        account_id: int | None = None
+        guard = guard_of(request.app)
+        caller = _Caller(address=request.client.host if request.client else "")
+        fields: dict[str, Any] = {}
+        data: Any = None
         try:
-            fields = await read_fields(request)
-            data, extra, account_id = await run_in_threadpool(_run, ctx, endpoint, fields)
+            guard.check_address(caller.address)
+            fields = await read_fields(
+                request,
+                max_bytes=guard.limits.max_body_bytes,
+                timeout_seconds=guard.limits.body_timeout_seconds,
+            )
+            check_field_lengths(fields)
+            data, extra = await run_in_threadpool(_run, ctx, guard, endpoint, fields, caller)
             response = envelope.success(data, **extra)
             code = int(Code.SUCCESS)
         except ApiError as error:
             response = envelope.failure(error)
             code = int(error.code)
+        except RateLimited as limited:
+            log.info("rate limited", endpoint=endpoint.name, scope=limited.scope)
+            metrics.observe_api_result(endpoint.name, RATE_LIMITED_CODE)
+            return rate_limited_response(limited)
+        except Exception:
+            # Answered -2 by the app's handler, which logs the details; audited here first.
+            metrics.observe_api_result(endpoint.name, int(Code.UNEXPECTED))
+            if audited(endpoint):
+                await run_in_threadpool(
+                    _audit, ctx, endpoint, caller, fields, None, int(Code.UNEXPECTED)
+                )
+            raise
+        finally:
+            await close_uploads(fields)
+        metrics.observe_api_result(endpoint.name, code)
+        if audited(endpoint):
+            await run_in_threadpool(_audit, ctx, endpoint, caller, fields, data, code)
         log.info(
             "request",
             endpoint=endpoint.name,
-            account=account_id,
+            account=caller.account.id if caller.account else None,
             code=code,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
@@ -84,6 +210,21 @@ def _route(ctx: OrdersContext, endpoint: Endpoint) -> Any:
 
     handle.__name__ = endpoint.name
     return handle
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": schemas.Envelope,
+        "description": "Rate limit exceeded: code 429; the Retry-After header says when to "
+        "try again (seconds).",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before the next request.",
+                "schema": {"type": "string"},
+            }
+        },
+    }
+}
 
 
 def racent_router(ctx: OrdersContext) -> APIRouter:
@@ -96,6 +237,7 @@ def racent_router(ctx: OrdersContext) -> APIRouter:
             summary=endpoint.summary,
             response_model=schemas.Envelope,
             response_model_exclude_none=True,
+            responses=RESPONSES,
             openapi_extra={"requestBody": _request_body_doc(endpoint.fields)},
             name=endpoint.name,
         )
@@ -105,6 +247,7 @@ def racent_router(ctx: OrdersContext) -> APIRouter:
 def install(app: FastAPI, ctx: OrdersContext) -> None:
     app.include_router(racent_router(ctx))
     app.add_middleware(CaseInsensitiveEndpoints, names=[e.name for e in ENDPOINTS])
+    guard_of(app)
 
 
 def request_models() -> list[type[Any]]:
