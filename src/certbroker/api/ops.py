@@ -34,7 +34,17 @@ def ops_router(ctx: OrdersContext) -> APIRouter:
             return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
         return JSONResponse({"status": "ready", "database": "ok"})
 
-    @router.get("/metrics", summary="Prometheus metrics")
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+                "description": "Prometheus text exposition format",
+            }
+        },
+    )
     async def prometheus() -> Response:
         body, content_type = await run_in_threadpool(metrics.exposition, ctx.db, ctx.clock)
         return Response(body, media_type=content_type)
