@@ -242,6 +242,8 @@ def test_three_year_subscription_is_reissued_until_its_due_date(service: Service
     assert revalidations >= 3, "validation older than the reuse period was checked again"
     newest = service.call("collect", certId=cert_id)["data"]
     assert newest["serialNumber"] == certs[-1].serial_hex
+    assert [c["serialNumber"] for c in newest["certificateHistory"]] == [
+        c.serial_hex for c in certs]
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,14 @@ class Issued:
 
 
 @dataclass(frozen=True)
+class CertSummary:
+    serial_hex: str
+    not_before: datetime
+    not_after: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
 class OrderView:
     cert_id: str
     order_num: str
@@ -66,6 +74,8 @@ class OrderView:
     ov_note: str | None
     failure_reason: str | None
     issued: Issued | None
+    # Every certificate of the order, oldest first (a subscription reissues under one certId).
+    history: tuple[CertSummary, ...] = ()
 
 
 def load_order(
@@ -108,6 +118,22 @@ def _stages(order: Order) -> tuple[str, str, str]:
     else:
         issued = "notdone"
     return dcv, order.ov_status, issued
+
+
+def _history(session: Session, order: Order) -> tuple[CertSummary, ...]:
+    if order.completed_at is None:
+        return ()
+    rows = session.execute(
+        select(
+            Certificate.serial_hex,
+            Certificate.not_before,
+            Certificate.not_after,
+            Certificate.revoked_at,
+        )
+        .where(Certificate.order_id == order.id, Certificate.state == "issued")
+        .order_by(Certificate.generation)
+    ).all()
+    return tuple(CertSummary(*row) for row in rows)
 
 
 def _issued(ctx: OrdersContext, session: Session, order: Order) -> Issued | None:
@@ -179,6 +205,7 @@ def view_order(ctx: OrdersContext, session: Session, order: Order) -> OrderView:
         ov_note=order.ov_note,
         failure_reason=order.failure_reason,
         issued=_issued(ctx, session, order),
+        history=_history(session, order),
     )
 
 

@@ -88,6 +88,17 @@ def collect(view: OrderView, utc_offset_hours: int) -> dict[str, Any]:
     }
     if view.failure_reason:
         data["failureReason"] = view.failure_reason
+    if view.history:
+        # certbroker extension: every certificate of the subscription under this certId.
+        data["certificateHistory"] = [
+            {
+                "serialNumber": c.serial_hex,
+                "beginDate": date(c.not_before),
+                "endDate": date(c.not_after),
+                "revoked": c.revoked_at is not None,
+            }
+            for c in view.history
+        ]
     issued = view.issued
     if issued is not None:
         data.update(
