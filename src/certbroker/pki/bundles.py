@@ -17,7 +17,10 @@ from .keys import PrivateKey, public_key_matches
 _PASSWORD_ALPHABET: Final = string.ascii_letters + string.digits
 # OpenSSL 3 and Java 17 both read PBES2/AES-256 with an HMAC-SHA256 MAC; the legacy
 # RC2/3DES defaults are refused by OpenSSL 3 without the legacy provider.
-_PKCS12_KDF_ROUNDS: Final = 50_000
+# 2048 PBKDF2 rounds, OpenSSL's default: the passwords are 16 random characters (~95 bits,
+# random_password), which stretching cannot strengthen; 50,000 rounds cost 12 ms of CPU per
+# bundle for nothing (docs/PERFORMANCE.md).
+_PKCS12_KDF_ROUNDS: Final = 2048
 
 
 def random_password(length: int = 16) -> str:

@@ -1,0 +1,1 @@
+"""Benchmarks: certbroker's order pipeline against Pebble and the crypto floor (issue 6)."""
