@@ -24,7 +24,8 @@ def place_multi(service: Service, names: list[dict[str, str]] = THREE) -> dict[s
         params={"server": "nginx", "domainInfo": names},
     )
     assert placed["code"] == 1, placed
-    return placed["data"]
+    data: dict[str, Any] = placed["data"]
+    return data
 
 
 def dcv_list(service: Service, cert_id: str) -> dict[str, dict[str, Any]]:

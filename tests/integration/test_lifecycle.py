@@ -32,7 +32,8 @@ def issue(service: Service, years: int = 1, **params: Any) -> dict[str, Any]:
     service.work()
     done = service.call("collect", certId=placed["data"]["certId"])
     assert done["status"] == "COMPLETE", done
-    return done["data"]
+    data: dict[str, Any] = done["data"]
+    return data
 
 
 def test_reissue_gives_a_new_cert_id_same_due_date_no_charge(service: Service) -> None:
