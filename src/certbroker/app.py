@@ -57,7 +57,14 @@ def create_app(ctx: OrdersContext, *, worker: bool = True, poll_seconds: float =
         if worker:
             runner = Worker(ctx, poll_seconds=poll_seconds)
             task = asyncio.create_task(runner.run_forever(stop))
+            loop = asyncio.get_running_loop()
+
+            def wake() -> None:
+                loop.call_soon_threadsafe(runner.wake)
+
+            ctx.wake = wake
         yield
+        ctx.wake = lambda: None  # the loop is about to close
         stop.set()
         if task is not None:
             await task

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -58,3 +59,6 @@ class OrdersContext:
     box: SecretBox
     clock: Clock
     policy: Policy
+    # Called after a commit that made work due now (place, updateDCV, reissue...): the
+    # in-process worker starts a pass at once instead of at its next poll.
+    wake: Callable[[], None] = field(default=lambda: None)

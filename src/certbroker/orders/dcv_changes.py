@@ -92,7 +92,9 @@ def update_dcv(
             {"domainName": row.name, "dcvMethod": row.dcv_method},
             now,
         )
-        return order.cert_id
+        cert_id_out = order.cert_id
+    ctx.wake()
+    return cert_id_out
 
 
 def batch_update_dcv(
@@ -130,7 +132,9 @@ def batch_update_dcv(
                 schedule_now(row, now, "re-check requested; check queued")
         order.updated_at = now
         record_event(session, order, "dcv.updated", {"batch": True}, now)
-        return order.cert_id
+        cert_id_out = order.cert_id
+    ctx.wake()
+    return cert_id_out
 
 
 def _reprice(

@@ -221,7 +221,9 @@ def place(
     key = _order_key(ctx, checked)  # key generation is slow: outside the transaction
     try:
         with ctx.db.transaction() as session:
-            return _create(ctx, session, account, checked, key, ref_id, renewal)
+            order = _create(ctx, session, account, checked, key, ref_id, renewal)
+        ctx.wake()
+        return order
     except IntegrityError:
         # A concurrent call with the same refId won the unique constraint: answer as a retry.
         if ref_id is None:

@@ -9,6 +9,7 @@ changes it on the strength of what it read must lock the row first (`lock_row`, 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +78,7 @@ class Database:
         self.url = normalize_url(url)
         self.engine = make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer: threading.RLock | None = threading.RLock() if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -85,7 +87,14 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One unit of work: committed on success, rolled back on any exception."""
-        with self._sessions() as session, session.begin():
+        if self._writer is None:
+            with self._sessions() as session, session.begin():
+                yield session
+            return
+        # SQLite has one writer and every transaction here takes the write lock at BEGIN:
+        # threads queue on a lock instead of in SQLite's sleeping busy handler, whose
+        # back-off made p99 latency several times worse (docs/PERFORMANCE.md, P2).
+        with self._writer, self._sessions() as session, session.begin():
             yield session
 
     def ping(self) -> None:
