@@ -37,6 +37,7 @@ from bench.common import (
 )
 from bench.load import LoadResult
 from bench.profiling import summarize
+from bench.sections import sections
 
 SECTIONS = ("e2e", "place_collect", "validation", "floor")
 RESULTS = REPO / "bench" / "results"
@@ -302,165 +303,9 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    if report.get("e2e"):
+    for section in sections(report):
         print()
-        print(
-            table(
-                "End to end: orders to certificates",
-                [
-                    "system",
-                    "key",
-                    "C",
-                    "orders",
-                    "err",
-                    "certs/s",
-                    "p50 ms",
-                    "p95 ms",
-                    "p99 ms",
-                    "srv CPU ms/cert",
-                    "srv RSS MB",
-                    "client CPU ms/cert",
-                ],
-                [
-                    [
-                        r["system"],
-                        r["key_type"],
-                        r["concurrency"],
-                        r["orders"],
-                        r["errors"],
-                        r["certs_per_s"],
-                        r["p50_ms"],
-                        r["p95_ms"],
-                        r["p99_ms"],
-                        r["server_cpu_ms_per_cert"],
-                        r["server_peak_rss_mb"],
-                        r["client_cpu_ms_per_cert"],
-                    ]
-                    for r in report["e2e"]
-                ],
-            )
-        )
-        print()
-        print(
-            table(
-                "certbroker / Pebble (and server CPU / crypto floor)",
-                [
-                    "key",
-                    "C",
-                    "certs/s",
-                    "p50",
-                    "p99",
-                    "CPU/cert",
-                    "RSS",
-                    "cb/floor",
-                    "pebble/floor",
-                ],
-                [
-                    [
-                        r["key_type"],
-                        r["concurrency"],
-                        r.get("certs_per_s"),
-                        r.get("p50"),
-                        r.get("p99"),
-                        r.get("server_cpu_per_cert"),
-                        r.get("server_peak_rss"),
-                        r.get("certbroker_cpu_to_floor"),
-                        r.get("pebble_cpu_to_floor"),
-                    ]
-                    for r in report["e2e_ratios"]
-                ],
-            )
-        )
-    pc = report.get("place_collect")
-    if pc:
-        print()
-        print(
-            table(
-                f"place and collect alone (keygen capacity {pc['keygen_capacity_per_s']} req/s, "
-                f"server peak RSS {pc['server_peak_rss_mb']} MB)",
-                [
-                    "request",
-                    "C",
-                    "n",
-                    "err",
-                    "req/s",
-                    "p50 ms",
-                    "p99 ms",
-                    "srv CPU ms/req",
-                    "client CPU ms/req",
-                ],
-                [
-                    [
-                        r["what"],
-                        r["concurrency"],
-                        r["requests"],
-                        r["errors"],
-                        r["requests_per_s"],
-                        r["p50_ms"],
-                        r["p99_ms"],
-                        r["server_cpu_ms_per_request"],
-                        r["client_cpu_ms_per_request"],
-                    ]
-                    for r in pc["rows"]
-                ],
-            )
-        )
-    ve = report.get("validation_engine")
-    if ve:
-        print()
-        print(
-            table(
-                "Validation engine: a backlog of pending names re-checked",
-                [
-                    "names",
-                    "orders",
-                    "checks",
-                    "done",
-                    "seconds",
-                    "checks/s",
-                    "CPU ms/check",
-                    "peak RSS MB",
-                ],
-                [
-                    [
-                        ve["names"],
-                        ve["orders"],
-                        ve["checks"],
-                        "yes" if ve["finished"] else "no",
-                        ve["seconds"],
-                        ve["checks_per_s"],
-                        ve["cpu_ms_per_check"],
-                        ve["peak_rss_mb"],
-                    ]
-                ],
-            )
-        )
-    fl = report.get("crypto_floor")
-    if fl:
-        print()
-        print(
-            table(
-                f"Crypto floor (cryptography, CPU ms; built-in issuer: {fl['issuer']})",
-                ["operation", "ms"],
-                [[k, v] for k, v in fl["operations_ms"].items()]
-                + [
-                    [f"floor per certificate, {k}", v]
-                    for k, v in fl["floor_ms_per_certificate"].items()
-                ],
-            )
-        )
-    if report.get("targets"):
-        print()
-        print(
-            table(
-                "Targets of issue 6",
-                ["target", "measured", "met"],
-                [
-                    [t["target"], t["measured"], {True: "yes", False: "NO", None: "-"}[t["met"]]]
-                    for t in report["targets"]
-                ],
-            )
-        )
+        print(table(section.title, section.header, section.rows))
     prof = report.get("profile")
     if prof:
         print()
