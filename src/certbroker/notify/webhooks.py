@@ -29,14 +29,12 @@ import functools
 import hashlib
 import hmac
 import json
-import re
 import secrets
 import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from ipaddress import ip_address
 from typing import Any
 
 import httpx
@@ -48,7 +46,7 @@ from certbroker.store.db import lock_row
 from certbroker.store.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from certbroker.validation.http_file import Resolver
 from certbroker.validation.resolver import make_address_resolver
-from certbroker.validation.safe_addresses import AddressPolicy, IPAddress
+from certbroker.validation.safe_addresses import AddressPolicy, IPAddress, parse_ip, valid_host
 
 log = structlog.get_logger("certbroker.webhooks")
 
@@ -73,8 +71,6 @@ EVENT_HEADER = "X-Certbroker-Event"
 DELIVERY_HEADER = "X-Certbroker-Delivery"
 SIGNATURE_HEADER = "X-Certbroker-Signature"
 USER_AGENT = "certbroker-webhooks/1"
-
-_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 
 
 # --- signing -------------------------------------------------------------------------------
@@ -115,7 +111,7 @@ def parse_callback_url(text: str) -> httpx.URL:
         raise ValueError(f"not a valid URL: {exc}") from exc
     if url.scheme not in ("http", "https"):
         raise ValueError("the URL must start with https:// or http://")
-    if not url.host or not _valid_host(url.host):
+    if not url.host or not valid_host(url.host):
         raise ValueError("the URL needs a valid host name or IP address")
     if url.userinfo:
         raise ValueError("the URL must not hold a user name or password")
@@ -138,7 +134,7 @@ async def checked_addresses(url: httpx.URL, policy: Policy) -> list[IPAddress]:
     """Every address of the URL's host, if all are allowed; else DestinationError."""
     rules = _address_policy(policy.dcv_allow_networks)
     host = url.host
-    literal = _parse_ip(host)
+    literal = parse_ip(host)
     if literal is not None:
         answers: Sequence[str] = [host]
     else:
@@ -151,7 +147,7 @@ async def checked_addresses(url: httpx.URL, policy: Policy) -> list[IPAddress]:
             raise DestinationError(f"DNS lookup of {host} failed: {exc}") from exc
     addresses: list[IPAddress] = []
     for answer in answers:
-        ip = _parse_ip(answer)
+        ip = parse_ip(answer)
         if ip is None:
             raise DestinationError(f"DNS lookup of {host} returned an invalid address")
         reason = rules.check(ip)
@@ -226,7 +222,7 @@ async def _exchange(url: httpx.URL, ip: IPAddress, body: bytes, headers: dict[st
     # Connect to the checked address; the name only travels in Host and the TLS server name
     # (which is also what the certificate is verified against).
     by_address = httpx.URL(scheme=url.scheme, host=str(ip), port=url.port, raw_path=url.raw_path)
-    tls_name = {} if _parse_ip(url.host) else {"sni_hostname": url.host}
+    tls_name = {} if parse_ip(url.host) else {"sni_hostname": url.host}
     async with httpx.AsyncClient(
         verify=ssl.create_default_context(),
         trust_env=False,  # a proxy variable must not route customer URLs elsewhere
@@ -501,20 +497,6 @@ async def run_step(ctx: OrdersContext, owner: str) -> int:
 
 
 # --- small helpers -------------------------------------------------------------------------
-
-
-def _parse_ip(host: str) -> IPAddress | None:
-    try:
-        return ip_address(host)
-    except ValueError:
-        return None
-
-
-def _valid_host(host: str) -> bool:
-    if _parse_ip(host) is not None:
-        return True
-    labels = host.lower().removesuffix(".").split(".")
-    return len(host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
 
 
 def _excerpt(text: str) -> str:

@@ -28,13 +28,12 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from ipaddress import ip_address
 from typing import Literal
 
 import httpx
 
 from certbroker.validation.results import CheckResult
-from certbroker.validation.safe_addresses import AddressPolicy, IPAddress
+from certbroker.validation.safe_addresses import AddressPolicy, IPAddress, parse_ip, valid_host
 
 WELL_KNOWN_DIR = "/.well-known/pki-validation/"
 
@@ -46,7 +45,6 @@ _REDIRECT_STATUSES = frozenset({301, 302, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _USER_AGENT = "certbroker-dcv/1 (CA/B Forum BR 3.2.2.4.18)"
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
-_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 _EXCERPT_CHARS = 20
 
 
@@ -106,7 +104,7 @@ async def check_http_file(
         )
     except httpx.InvalidURL as exc:
         return CheckResult(False, f"invalid domain name '{_excerpt(name)}': {exc}")
-    if not _valid_host(url.host):
+    if not valid_host(url.host):
         return CheckResult(False, f"invalid domain name '{_excerpt(name)}'")
 
     fetcher = _Fetcher(
@@ -185,7 +183,7 @@ class _Fetcher:
 
     async def _checked_addresses(self, host: str) -> list[IPAddress] | str:
         """All addresses of `host` if every one is allowed, else why not."""
-        literal = _parse_ip(host)
+        literal = parse_ip(host)
         if literal is not None:
             reason = self.policy.check(literal)
             return f"{host} is {reason}" if reason else [literal]
@@ -199,7 +197,7 @@ class _Fetcher:
             return f"DNS lookup of {host} failed: {exc or type(exc).__name__}"
         addresses: list[IPAddress] = []
         for answer in answers:
-            ip = _parse_ip(answer)
+            ip = parse_ip(answer)
             if ip is None:
                 return f"DNS lookup of {host} returned an invalid address '{_excerpt(answer)}'"
             if ip not in addresses:
@@ -217,7 +215,7 @@ class _Fetcher:
         by_address = httpx.URL(
             scheme=url.scheme, host=str(ip), port=url.port, raw_path=url.raw_path
         )
-        sni = {} if _parse_ip(url.host) else {"sni_hostname": url.host}
+        sni = {} if parse_ip(url.host) else {"sni_hostname": url.host}
         async with httpx.AsyncClient(
             verify=_unverified_tls_context(),
             trust_env=False,  # an HTTP(S)_PROXY variable must not route checks elsewhere
@@ -292,7 +290,7 @@ def _redirect_target(
         )
     except httpx.InvalidURL:
         return _fail(f"invalid redirect target '{_excerpt(location)}' at {current}", current)
-    if not _valid_host(target.host):
+    if not valid_host(target.host):
         return _fail(f"invalid redirect target '{_excerpt(location)}' at {current}", current)
     if port not in ports:
         return _fail(f"redirect to port {port} refused (only {_and_list(ports)})", target)
@@ -350,21 +348,6 @@ def _and_list(ports: tuple[int, ...]) -> str:
 
 def _port_of(url: httpx.URL) -> int:
     return url.port or _DEFAULT_PORTS[url.scheme]
-
-
-def _parse_ip(host: str) -> IPAddress | None:
-    try:
-        return ip_address(host)
-    except ValueError:
-        return None
-
-
-def _valid_host(host: str) -> bool:
-    """An IP literal or a DNS name of LDH labels (A-labels; httpx has applied IDNA)."""
-    if _parse_ip(host) is not None:
-        return True
-    labels = host.lower().removesuffix(".").split(".")
-    return len(host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
 
 
 @functools.cache

@@ -24,9 +24,10 @@ Pebble's test settings.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -135,3 +136,23 @@ def _embedded_ipv4(ip: IPv6Address) -> IPv4Address | None:
     if ip in _IPV4_MAPPED or ip in _NAT64:
         return IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
+
+
+# A DNS label as it may appear in a URL we fetch (underscores occur in real host names).
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def parse_ip(host: str) -> IPAddress | None:
+    """The address when `host` is an IP literal, else None."""
+    try:
+        return ip_address(host)
+    except ValueError:
+        return None
+
+
+def valid_host(host: str) -> bool:
+    """An IP literal or a DNS name of LDH labels (A-labels; httpx has applied IDNA)."""
+    if parse_ip(host) is not None:
+        return True
+    labels = host.lower().removesuffix(".").split(".")
+    return len(host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
