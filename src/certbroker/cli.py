@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from certbroker import bootstrap, keyring, logs, metrics
+from certbroker.api import http_protocol
 from certbroker.api.limits import ApiGuard, ApiLimits
 from certbroker.api.racent.routes import configure_limits
 from certbroker.app import create_app
@@ -142,14 +143,20 @@ def serve(
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Connection limits of `serve`. uvicorn has no header-read timeout: run it behind a proxy
     that has one (docs/SETTINGS.md); bodies have their own time limit (api/racent/decoding.py)."""
+    http: str | type[http_protocol.LimitedHttpToolsProtocol] = "h11"
+    if settings.http_parser == "httptools":
+        http_protocol.check_uvicorn()  # refuse to start rather than serve without a head limit
+        http = http_protocol.LimitedHttpToolsProtocol
     return {
         "host": settings.host,
         "port": settings.port,
         "log_config": None,
         "access_log": False,
-        "http": "h11",  # its header-size limit is configurable, httptools' is not
+        "http": http,
+        "loop": "auto",  # uvloop when installed
         "timeout_keep_alive": settings.http_keepalive_seconds,
         "limit_concurrency": settings.http_max_concurrency,
+        # The head limit of both parsers (LimitedHttpToolsProtocol reads it from uvicorn's Config).
         "h11_max_incomplete_event_size": settings.http_max_header_bytes,
         "proxy_headers": bool(settings.forwarded_allow_ips),
         "forwarded_allow_ips": settings.forwarded_allow_ips or None,

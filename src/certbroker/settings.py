@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     http_max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.1"]
+    # h11 is pure Python; httptools (C) is faster and gets the same head limit (api/http_protocol).
+    http_parser: Literal["httptools", "h11"] = "httptools"
     )
     rate_limit_per_token: str = "20,200"  # noqa: S105 - not a secret
     rate_limit_per_address: str = "50,500"

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import structlog
@@ -27,6 +27,7 @@ from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from certbroker import logs
+from certbroker.api.http_protocol import LimitedHttpToolsProtocol
 from certbroker.api.limits import FIELD_MAX_CHARS, ApiGuard, ApiLimits, Rate, TokenBuckets
 from certbroker.api.racent.endpoints import ENDPOINTS, Endpoint
 from certbroker.api.racent.routes import SPEC_STATE_CHANGING, audited, configure_limits
@@ -214,19 +215,24 @@ def test_uvicorn_runs_with_the_configured_connection_limits() -> None:
         http_keepalive_seconds=3, http_max_concurrency=7, http_max_header_bytes=2048
     )
     options = uvicorn_options(settings)
-    assert options["http"] == "h11"
+    assert options["http"] is LimitedHttpToolsProtocol  # the head limit: test_http_head_limit.py
     assert options["timeout_keep_alive"] == 3
     assert options["limit_concurrency"] == 7
     assert options["h11_max_incomplete_event_size"] == 2048
 
 
-def test_oversized_headers_and_idle_connections_are_cut(service: Service) -> None:
-    settings = Settings(http_keepalive_seconds=1, http_max_header_bytes=2048)
+# h11 answers its generic 400 to an oversized head; httptools' protocol (api/http_protocol.py)
+# the specific 431 (RFC 6585) with the API envelope.
+@pytest.mark.parametrize(("parser", "status"), [("httptools", b"431"), ("h11", b"400")])
+def test_oversized_headers_and_idle_connections_are_cut(
+    service: Service, parser: Literal["httptools", "h11"], status: bytes
+) -> None:
+    settings = Settings(http_keepalive_seconds=1, http_max_header_bytes=2048, http_parser=parser)
     with LiveUvicorn(service.client.app, **uvicorn_options(settings)) as live:
         with live.connect() as sock:
             sock.sendall(b"POST /ssl/country HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 4096)
             answer = _read_all(sock)  # the server answers and closes without the header end
-        assert answer.startswith(b"HTTP/1.1 400")
+        assert answer.startswith(b"HTTP/1.1 " + status)
         with live.connect() as sock:
             body = f"api_token={service.token}".encode()
             sock.sendall(
