@@ -156,6 +156,9 @@ def service(
         dcv_allow_networks=["127.0.0.0/8"],
         dcv_timeout_seconds=3,
         smtp_port=smtp_sink.port,
+        # The key pool has tests of its own (test_key_pool*.py); a pool process per test here
+        # would only cost CPU.
+        key_pool_size=0,
     )
     clock = ManualClock(START)
     ctx = bootstrap.build_context(settings, clock)

@@ -54,6 +54,8 @@ def create_app(ctx: OrdersContext, *, worker: bool = True, poll_seconds: float =
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         task = None
+        if ctx.key_pool is not None:
+            ctx.key_pool.start((ctx.policy.default_key_spec,))
         if worker:
             runner = Worker(ctx, poll_seconds=poll_seconds)
             task = asyncio.create_task(runner.run_forever(stop))
@@ -66,8 +68,12 @@ def create_app(ctx: OrdersContext, *, worker: bool = True, poll_seconds: float =
         yield
         ctx.wake = lambda: None  # the loop is about to close
         stop.set()
-        if task is not None:
-            await task
+        try:
+            if task is not None:
+                await task
+        finally:
+            if ctx.key_pool is not None:
+                ctx.key_pool.close()  # no pool process outlives the app
         ctx.db.dispose()
 
     app = FastAPI(title="certbroker", version=__version__, lifespan=lifespan)

@@ -14,6 +14,7 @@ from certbroker.clock import Clock, SystemClock
 from certbroker.issuance.builtin import BuiltinCa
 from certbroker.orders import accounts
 from certbroker.orders.context import OrdersContext, Policy
+from certbroker.pki.key_pool import KeyPool
 from certbroker.pki.secretbox import SecretBox
 from certbroker.settings import Settings
 from certbroker.store.db import Database
@@ -70,6 +71,12 @@ def open_database(settings: Settings, *, migrate: bool = True) -> Database:
     return db
 
 
+def key_pool_from(settings: Settings) -> KeyPool | None:
+    """The pool of RSA keys made ahead (P8); inert until used or until the app's lifespan
+    starts it, so CLI commands that never place an order start no process."""
+    return KeyPool(settings.key_pool_size) if settings.key_pool_size > 0 else None
+
+
 def build_context(settings: Settings, clock: Clock | None = None) -> OrdersContext:
     clock = clock or SystemClock()
     db = open_database(settings)
@@ -87,6 +94,7 @@ def build_context(settings: Settings, clock: Clock | None = None) -> OrdersConte
         box=master_keys(settings),
         clock=clock,
         policy=policy_from(settings),
+        key_pool=key_pool_from(settings),
     )
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 from certbroker.catalog.catalog import Catalog
 from certbroker.clock import Clock
 from certbroker.issuance.builtin import BuiltinCa
+from certbroker.pki.key_pool import KeyPool
 from certbroker.pki.secretbox import SecretBox
 from certbroker.store.db import Database
 
@@ -62,3 +63,5 @@ class OrdersContext:
     # Called after a commit that made work due now (place, updateDCV, reissue...): the
     # in-process worker starts a pass at once instead of at its next poll.
     wake: Callable[[], None] = field(default=lambda: None)
+    # RSA keys made ahead for `place` without a CSR (pki/key_pool.py); None: made inline.
+    key_pool: KeyPool | None = None

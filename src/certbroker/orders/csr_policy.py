@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from certbroker.orders.errors import ApiError, Code
 from certbroker.orders.params import OrderParams
 from certbroker.pki.csr import CsrError, ParsedCsr, build_csr, parse_csr
+from certbroker.pki.key_pool import KeySource
 from certbroker.pki.keys import (
     KEY_SPECS,
     KeyFormatError,
@@ -77,8 +78,13 @@ def key_spec_for(params: OrderParams, default: str) -> str:
     return spec
 
 
-def generate_order_key(names: list[str], spec: str) -> OrderKey:
-    """No CSR sent: make the key and the CSR for the customer (SPEC 3.1 `csr`)."""
-    key = generate_private_key(spec)
+def generate_order_key(names: list[str], spec: str, keys: KeySource | None = None) -> OrderKey:
+    """No CSR sent: make the key and the CSR for the customer (SPEC 3.1 `csr`).
+
+    `keys` (the key pool) gives a key made ahead of time when it has one; else it is made here.
+    """
+    key = keys.take(spec) if keys is not None else None
+    if key is None:
+        key = generate_private_key(spec)
     csr = build_csr(key, names)
     return OrderKey(csr=csr, private_key=key, generated=True, key_spec=spec)

@@ -220,7 +220,9 @@ def reissue(
         key = check_customer_csr(params, names)
     elif old_holds_key:
         # The platform held the key: a reissue is the moment to replace it.
-        key = generate_order_key(names, old_key_spec or ctx.policy.default_key_spec)
+        key = generate_order_key(
+            names, old_key_spec or ctx.policy.default_key_spec, keys=ctx.key_pool
+        )
     else:
         try:
             key = OrderKey(csr=parse_csr(old_csr), private_key=None, generated=False, key_spec=None)

@@ -143,7 +143,9 @@ def _order_key(ctx: OrdersContext, checked: CheckedOrder) -> OrderKey:
     if checked.params.csr:
         return check_customer_csr(checked.params, checked.names)
     return generate_order_key(
-        checked.names, key_spec_for(checked.params, ctx.policy.default_key_spec)
+        checked.names,
+        key_spec_for(checked.params, ctx.policy.default_key_spec),
+        ctx.key_pool,
     )
 
 
