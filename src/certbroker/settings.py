@@ -89,13 +89,15 @@ class Settings(BaseSettings):
     http_keepalive_seconds: int = Field(default=5, ge=1)
     http_max_concurrency: int = Field(default=500, ge=1)
     http_max_header_bytes: int = Field(default=16 * 1024, ge=1024)
-    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["127.0.0.1"]
     # h11 is pure Python; httptools (C) is faster and gets the same head limit (api/http_protocol).
     http_parser: Literal["httptools", "h11"] = "httptools"
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1"]
     )
     rate_limit_per_token: str = "20,200"  # noqa: S105 - not a secret
     rate_limit_per_address: str = "50,500"
+    # Seconds a token is trusted without a database read (0: read on every request).
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from certbroker.orders.accounts import TokenCache
 from certbroker.orders.errors import ApiError, Code
 
 if TYPE_CHECKING:
@@ -174,6 +175,9 @@ class ApiLimits:
     body_timeout_seconds: float = 30.0
     per_token: Rate | None = Rate(20, 200)
     per_address: Rate | None = Rate(50, 500)
+    # How long a token that authenticated is trusted without a database read (orders/accounts.py
+    # TokenCache): also the longest a token revoked from another process keeps working.
+    auth_cache_seconds: float = 5.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiLimits:
@@ -182,6 +186,7 @@ class ApiLimits:
             body_timeout_seconds=settings.http_body_timeout_seconds,
             per_token=Rate.parse(settings.rate_limit_per_token),
             per_address=Rate.parse(settings.rate_limit_per_address),
+            auth_cache_seconds=settings.auth_cache_seconds,
         )
 
 
@@ -193,8 +198,10 @@ class ApiGuard:
     monotonic: Callable[[], float] = time.monotonic
     _tokens: TokenBuckets | None = field(init=False, default=None)
     _addresses: TokenBuckets | None = field(init=False, default=None)
+    auth_cache: TokenCache = field(init=False)
 
     def __post_init__(self) -> None:
+        self.auth_cache = TokenCache(self.limits.auth_cache_seconds, monotonic=self.monotonic)
         if self.limits.per_token is not None:
             self._tokens = TokenBuckets(self.limits.per_token, monotonic=self.monotonic)
         if self.limits.per_address is not None:

@@ -73,7 +73,7 @@ def list_orders(
         raise ApiError(Code.INVALID, {"page": ["page starts at 1"]})
     if not 1 <= flt.page_size <= MAX_PAGE_SIZE:
         raise ApiError(Code.INVALID, {"pageSize": [f"pageSize must be 1 to {MAX_PAGE_SIZE}"]})
-    with ctx.db.transaction() as session:
+    with ctx.db.read() as session:
         ids = _filtered(account, flt)
         total = session.scalar(select(func.count()).select_from(ids.subquery())) or 0
         orders = session.scalars(

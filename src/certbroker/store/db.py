@@ -35,7 +35,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _sqlite_begin_immediate(conn: Any) -> None:
+# Execution option marking the connections of `Database.read()`.
+READ_ONLY = "certbroker_read_only"
+
+
+def _sqlite_begin(conn: Any) -> None:
+    if conn.get_execution_options().get(READ_ONLY):
+        # A deferred BEGIN takes no lock: in WAL mode readers see the last commit and never
+        # wait for the writer (https://sqlite.org/wal.html, "Concurrency").
+        conn.exec_driver_sql("BEGIN")
+        return
     # Take the write lock at BEGIN: a read-then-write transaction (balance check, then debit)
     # must not interleave with another writer.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -61,7 +70,7 @@ def make_engine(url: str) -> Engine:
             dbapi_connection.isolation_level = None
             _sqlite_pragmas(dbapi_connection, record)
 
-        event.listen(engine, "begin", _sqlite_begin_immediate)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(
         url,
@@ -78,6 +87,10 @@ class Database:
         self.url = normalize_url(url)
         self.engine = make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
+        event.listen(self._readers, "before_flush", _refuse_flush)
         self._writer: threading.RLock | None = threading.RLock() if self.is_sqlite else None
 
     @property
@@ -97,6 +110,15 @@ class Database:
         with self._writer, self._sessions() as session, session.begin():
             yield session
 
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only unit of work: one consistent snapshot, no write lock taken or waited for
+        (SQLite), so polling reads (`collect`, authentication) never queue behind writers.
+        Flushing changes from it is an error: use `transaction()` to write."""
+        # Closing the session ends the snapshot (the pool rolls the connection back).
+        with self._readers() as session:
+            yield session
+
     def ping(self) -> None:
         """Raise unless the database answers a query (readiness)."""
         with self.engine.connect() as connection:
@@ -107,6 +129,11 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _refuse_flush(session: Session, _context: Any, _instances: Any) -> None:
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("Database.read() is read-only; write in Database.transaction()")
 
 
 def lock_row(session: Session, model: type[T], ident: object) -> T | None:

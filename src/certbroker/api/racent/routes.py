@@ -30,7 +30,7 @@ from certbroker.api.racent import envelope, schemas
 from certbroker.api.racent.decoding import close_uploads, read_fields, text_field
 from certbroker.api.racent.endpoints import ENDPOINTS, Endpoint
 from certbroker.orders import audit
-from certbroker.orders.accounts import AccountRef, authenticate
+from certbroker.orders.accounts import AccountRef
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.errors import ApiError, Code
 
@@ -114,10 +114,33 @@ class _Caller:
 def _run(
     ctx: OrdersContext, guard: ApiGuard, endpoint: Endpoint, fields: dict[str, Any], caller: _Caller
 ) -> tuple[Any, dict[str, Any]]:
-    with ctx.db.transaction() as session:
-        caller.account = authenticate(session, text_field(fields, "api_token"), ctx.clock.now())
+    caller.account = guard.auth_cache.authenticate(
+        ctx.db, text_field(fields, "api_token"), ctx.clock.now()
+    )
     guard.check_token(caller.account.token_id)
     return endpoint.handler(ctx, caller.account, fields)
+
+
+def _serve(
+    ctx: OrdersContext, guard: ApiGuard, endpoint: Endpoint, fields: dict[str, Any], caller: _Caller
+) -> tuple[Any, dict[str, Any]]:
+    """The call and its audit row in one trip to the thread pool (each trip costs a thread
+    hand-over; docs/PERFORMANCE.md)."""
+    try:
+        data, extra = _run(ctx, guard, endpoint, fields, caller)
+    except ApiError as error:
+        if audited(endpoint):
+            _audit(ctx, endpoint, caller, fields, None, int(error.code))
+        raise
+    except RateLimited:
+        raise  # not audited: a flood must not become a flood of rows
+    except Exception:
+        if audited(endpoint):
+            _audit(ctx, endpoint, caller, fields, None, int(Code.UNEXPECTED))
+        raise
+    if audited(endpoint):
+        _audit(ctx, endpoint, caller, fields, data, int(Code.SUCCESS))
+    return data, extra
 
 
 def _cert_id(fields: dict[str, Any], data: Any) -> str | None:
@@ -167,7 +190,7 @@ def _route(ctx: OrdersContext, endpoint: Endpoint) -> Any:
         guard = guard_of(request.app)
         caller = _Caller(address=request.client.host if request.client else "")
         fields: dict[str, Any] = {}
-        data: Any = None
+        served = False  # past this point _serve has written the audit row
         try:
             guard.check_address(caller.address)
             fields = await read_fields(
@@ -176,20 +199,23 @@ def _route(ctx: OrdersContext, endpoint: Endpoint) -> Any:
                 timeout_seconds=guard.limits.body_timeout_seconds,
             )
             check_field_lengths(fields)
-            data, extra = await run_in_threadpool(_run, ctx, guard, endpoint, fields, caller)
+            served = True
+            data, extra = await run_in_threadpool(_serve, ctx, guard, endpoint, fields, caller)
             response = envelope.success(data, **extra)
             code = int(Code.SUCCESS)
         except ApiError as error:
             response = envelope.failure(error)
             code = int(error.code)
+            if not served and audited(endpoint):
+                await run_in_threadpool(_audit, ctx, endpoint, caller, fields, None, code)
         except RateLimited as limited:
             log.info("rate limited", endpoint=endpoint.name, scope=limited.scope)
             metrics.observe_api_result(endpoint.name, RATE_LIMITED_CODE)
             return rate_limited_response(limited)
         except Exception:
-            # Answered -2 by the app's handler, which logs the details; audited here first.
+            # Answered -2 by the app's handler, which logs the details; audited first.
             metrics.observe_api_result(endpoint.name, int(Code.UNEXPECTED))
-            if audited(endpoint):
+            if not served and audited(endpoint):
                 await run_in_threadpool(
                     _audit, ctx, endpoint, caller, fields, None, int(Code.UNEXPECTED)
                 )
@@ -197,8 +223,6 @@ def _route(ctx: OrdersContext, endpoint: Endpoint) -> Any:
         finally:
             await close_uploads(fields)
         metrics.observe_api_result(endpoint.name, code)
-        if audited(endpoint):
-            await run_in_threadpool(_audit, ctx, endpoint, caller, fields, data, code)
         log.info(
             "request",
             endpoint=endpoint.name,
