@@ -110,7 +110,10 @@ class Service:
 
     def balance(self, account_id: int | None = None) -> int:
         with self.ctx.db.transaction() as session:
-            return ledger.balance_cents(session, account_id or self.account_id)
+            kept = ledger.balance_cents(session, account_id or self.account_id)
+            # Every test that looks at a balance also checks it against the ledger itself.
+            assert kept == ledger.ledger_total_cents(session, account_id or self.account_id)
+            return kept
 
     def new_account(self, name: str, *, sandbox: bool = False) -> tuple[int, str]:
         with self.ctx.db.transaction() as session:

@@ -71,6 +71,9 @@ class Account(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     sandbox: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
+    # The sum of the account's ledger entries, kept by ledger.post in the same transaction:
+    # place reads it instead of summing a ledger that grows with every order.
+    balance_cents: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ApiToken(Base):
@@ -160,6 +163,8 @@ class OrderName(Base):
     __table_args__ = (
         UniqueConstraint("order_id", "name", name="uq_order_names_order_name"),
         Index("ix_order_names_due", "verified_at", "next_check_at"),
+        # Validation reuse looks a name up across the account's orders (orders/reuse.py).
+        Index("ix_order_names_name", "name"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)

@@ -62,7 +62,7 @@ def validate(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
 
 
 def place(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
-    order = placing.place(
+    view = placing.place(
         ctx,
         account,
         text_field(fields, "productCode"),
@@ -70,8 +70,6 @@ def place(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
         text_field(fields, "refId"),
         fields.get("params"),
     )
-    with ctx.db.transaction() as session:
-        view = views.view_order(ctx, session, views.load_order(session, account, order.cert_id))
     return encode.placed(view), {}
 
 

@@ -57,9 +57,9 @@ def renew(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
     renew_id = text_field(fields, "renewId") or text_field(fields, "certId")
     if renew_id is None:
         raise ApiError(Code.INVALID, {"renewId": ["renewId is required"]})
-    with ctx.db.transaction() as session:
+    with ctx.db.read() as session:
         product_code = views.load_order(session, account, renew_id, field="renewId").product_code
-    order = placing.place(
+    view = placing.place(
         ctx,
         account,
         product_code,
@@ -68,7 +68,7 @@ def renew(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
         fields.get("params"),
         renewal=placing.Renewal(cert_id=renew_id, window=ctx.policy.renew_window),
     )
-    return _placed(ctx, account, order.cert_id), {}
+    return encode.placed(view), {}
 
 
 def revoke(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:

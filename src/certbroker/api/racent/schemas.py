@@ -92,8 +92,9 @@ class ReissueFields(CertIdFields):
     uniqueValue: str | None = Field(None, description="New uniqueValue (1-20 a-zA-Z0-9).")
     refId: str | None = Field(None, description="Your reference for the new certId.")
     csr: str | None = Field(
-        None, description="New CSR (same names). Without one: a new key when certbroker held the "
-        "key, else the old CSR."
+        None,
+        description="New CSR (same names). Without one: a new key when certbroker held the "
+        "key, else the old CSR.",
     )
 
 
@@ -113,8 +114,9 @@ class RenewFields(_Fields):
 
 class RevokeFields(CertIdFields):
     reason: str | None = Field(
-        None, description="unspecified (0), keyCompromise (1), affiliationChanged (3), "
-        "superseded (4) or cessationOfOperation (5); name or number."
+        None,
+        description="unspecified (0), keyCompromise (1), affiliationChanged (3), "
+        "superseded (4) or cessationOfOperation (5); name or number.",
     )
 
 

@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=100), nullable=False),
         sa.Column("sandbox", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("balance_cents", sa.BigInteger(), server_default="0", nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_accounts")),
         sa.UniqueConstraint("name", name=op.f("uq_accounts_name")),
     )
@@ -281,6 +282,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("order_names", schema=None) as batch_op:
         batch_op.create_index("ix_order_names_due", ["verified_at", "next_check_at"], unique=False)
+        batch_op.create_index("ix_order_names_name", ["name"], unique=False)
         batch_op.create_index(batch_op.f("ix_order_names_order_id"), ["order_id"], unique=False)
 
     op.create_table(
@@ -383,6 +385,7 @@ def downgrade() -> None:
     op.drop_table("dcv_email_approvals")
     with op.batch_alter_table("order_names", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_order_names_order_id"))
+        batch_op.drop_index("ix_order_names_name")
         batch_op.drop_index("ix_order_names_due")
 
     op.drop_table("order_names")
