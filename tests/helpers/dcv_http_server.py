@@ -53,6 +53,7 @@ class SeenRequest:
     path: str
     host: str | None
     server_name: str | None  # TLS SNI; None for plain http or when the client sent none
+    cookie: str | None = None
 
 
 class DcvHttpServer:
@@ -160,6 +161,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 path=self.path,
                 host=self.headers.get("Host"),
                 server_name=getattr(self.request, "sni_name", None),
+                cookie=self.headers.get("Cookie"),
             )
         )
         route = owner.routes.get(self.path, Route(status=404, body=b"not found"))

@@ -102,6 +102,31 @@ def test_http_file_found_sends_name_in_host_header(http: DcvHttpServer) -> None:
     assert [(r.path, r.host) for r in http.requests] == [(PATH, f"{NAME}:{http.port}")]
 
 
+def test_checks_share_no_cookies_or_connections(http: DcvHttpServer) -> None:
+    # Checks in one event loop share one HTTP client (it is built once per loop): a cookie set
+    # by one site must not reach the next check, and every check opens its own connection.
+    http.routes[PATH] = Route(body=CONTENT.encode(), headers={"Set-Cookie": "session=abc; Path=/"})
+
+    async def twice() -> list[CheckResult]:
+        return [
+            await check_http_file(
+                NAME,
+                FILE,
+                CONTENT,
+                scheme="http",
+                http_port=http.port,
+                https_port=1,
+                policy=LOOPBACK_ALLOWED,
+                resolve=DEFAULT_DNS,
+                timeout=5.0,
+            )
+            for _ in range(2)
+        ]
+
+    assert [r.ok for r in asyncio.run(twice())] == [True, True]
+    assert [r.cookie for r in http.requests] == [None, None]
+
+
 def test_https_file_found_with_sni_and_self_signed_certificate(https: DcvHttpServer) -> None:
     https.serve_file(FILE, CONTENT)
     result = check(1, https.port, scheme="https")
