@@ -34,6 +34,7 @@ class TinyDnsServer:
         self.port = int(self._sock.getsockname()[1])
         self._records: dict[dns.name.Name, list[dns.rdata.Rdata]] = {}
         self._servfail: set[dns.name.Name] = set()
+        self.questions: list[str] = []  # "name TYPE" of every query answered, in order
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -79,6 +80,9 @@ class TinyDnsServer:
         question = query.question[0]
         name, rdtype = question.name, question.rdtype
         with self._lock:
+            self.questions.append(
+                f"{name.to_text(omit_final_dot=True)} {dns.rdatatype.to_text(rdtype)}"
+            )
             for _ in range(_MAX_CHAIN):
                 if name in self._servfail:
                     response.set_rcode(dns.rcode.SERVFAIL)

@@ -203,3 +203,31 @@ def test_ip_addresses_have_no_caa(tiny: TinyDnsServer) -> None:
     assert caa("192.0.2.7", tiny.resolver) == CheckResult(
         True, "CAA does not apply to the IP address 192.0.2.7"
     )
+
+
+def test_parents_without_caa_are_asked_once_while_checks_pass(tiny: TinyDnsServer) -> None:
+    tiny.add("other.shop.example.test", "A", "192.0.2.1")
+    assert caa("a.shop.example.test", tiny.resolver).ok
+    assert caa("b.shop.example.test", tiny.resolver).ok
+    asked = [q.removesuffix(" CAA") for q in tiny.questions]
+    # The second check asks only its own name: the parents' absence is remembered (60 s).
+    assert asked == [
+        "a.shop.example.test",
+        "shop.example.test",
+        "example.test",
+        "test",
+        "b.shop.example.test",
+    ]
+
+
+def test_a_refusal_forgets_the_parents_so_a_fix_counts_at_once(tiny: TinyDnsServer) -> None:
+    assert caa("a.shop.example.test", tiny.resolver).ok  # parents remembered as without CAA
+    tiny.add("a.shop.example.test", "CAA", '0 issue "letsencrypt.org"')
+    assert not caa("a.shop.example.test", tiny.resolver).ok
+    # The fix: the record moves to a parent that was remembered as empty.
+    tiny.clear()
+    tiny.add("shop.example.test", "CAA", '0 issue "letsencrypt.org"')
+    result = caa("a.shop.example.test", tiny.resolver)
+    assert result == CheckResult(
+        False, f"CAA at shop.example.test allows only letsencrypt.org; this CA is {US}"
+    )

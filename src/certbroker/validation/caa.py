@@ -17,11 +17,17 @@
   SERVFAIL or a timeout is never taken as permission: the BR exception (failure outside the CA's
   infrastructure, retried, and no DNSSEC validation chain to the ICANN root) needs a DNSSEC
   check we cannot make here, so the check fails and the worker retries later.
+* Parents shared by many orders (`shop.example.com`, `example.com`, `com`): that one has no CAA
+  is remembered for `ABSENT_SECONDS` (60 s) per resolver after a check that allowed issuance,
+  well inside the time a CAA check may stand (BR 3.2.2.8: the record's TTL or 8 hours,
+  whichever is greater). The name itself is always asked, a CAA RRset found is never
+  remembered, and a refusal forgets the parents it climbed, so a fix counts on the next try.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -39,6 +45,10 @@ KNOWN_TAGS = frozenset({"issue", "issuewild", "iodef", "issuemail", "contactemai
 # (ALPHA / DIGIT)). Leading/trailing whitespace is allowed around it.
 _ISSUER = re.compile(r"[a-z0-9](?:-*[a-z0-9])*(?:\.[a-z0-9](?:-*[a-z0-9])*)*")
 _EXCERPT_CHARS = 40
+ABSENT_SECONDS = 60.0
+_ABSENT_MAX = 10_000
+# (resolver, node) -> until when (monotonic) the node is known to have no CAA RRset.
+_absent: dict[tuple[str | None, str], float] = {}
 
 
 @dataclass(frozen=True)
@@ -70,14 +80,43 @@ async def check_caa(
         return _lookup_failed(failure_reason(exc, timeout), base)
 
     labels = base.split(".")
+    absent: list[tuple[str | None, str]] = []  # parents found without CAA, or known to be
     for i in range(len(labels)):
         node = ".".join(labels[i:])
+        key = (resolver_address, node)
+        if i > 0 and _absent.get(key, 0.0) > time.monotonic():
+            absent.append(key)
+            continue
         found = await lookup(resolver, node, dns.rdatatype.CAA)
         if found.status == "failed":
             return _lookup_failed(found.reason, node)
         if found.rrset is not None and found.rrset.rdtype == dns.rdatatype.CAA:
-            return _judge(node, _properties(found.rrset), wildcard=wildcard, ours=ours)
+            result = _judge(node, _properties(found.rrset), wildcard=wildcard, ours=ours)
+            if result.ok:
+                _remember(absent)
+            else:
+                # The customer's fix may be a record at any parent: ask them all next time.
+                for j in range(1, len(labels)):
+                    _absent.pop((resolver_address, ".".join(labels[j:])), None)
+            return result
+        if i > 0:
+            absent.append(key)
+    _remember(absent)
     return CheckResult(True, f"no CAA records at {base} or its parents; any CA may issue")
+
+
+def _remember(absent: list[tuple[str | None, str]]) -> None:
+    """The parents without CAA of a check that allowed issuance."""
+    if len(_absent) + len(absent) > _ABSENT_MAX:
+        _absent.clear()  # bounded; a rare full clear costs a few lookups
+    until = time.monotonic() + ABSENT_SECONDS
+    for key in absent:
+        _absent[key] = until
+
+
+def forget_absent_caa() -> None:
+    """Ask every node again from now on."""
+    _absent.clear()
 
 
 def _judge(node: str, props: list[_Property], *, wildcard: bool, ours: list[str]) -> CheckResult:
