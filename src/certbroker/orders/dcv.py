@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from ipaddress import ip_network
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import select, update
+from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy.orm import Session, selectinload
 
 from certbroker import metrics
 from certbroker.orders.context import OrdersContext, Policy
@@ -20,7 +22,7 @@ from certbroker.orders.refunds import settle_failure
 from certbroker.orders.states import VALIDATING, Status
 from certbroker.pki import dcv_values
 from certbroker.store.db import lock_row
-from certbroker.store.models import Order, OrderName
+from certbroker.store.models import Order, OrderName, UtcDateTime
 from certbroker.validation.dns_checks import check_cname
 from certbroker.validation.http_file import Resolver, check_http_file
 from certbroker.validation.resolver import make_address_resolver
@@ -72,30 +74,38 @@ class NameCheck:
     block: DcvBlock
 
 
+@functools.cache
+def _due_names(limit: int) -> Select[int, str, str, str, str | None, str | None]:
+    """The claim's query, built once: it runs on every pass, and building it cost about as
+    much CPU as running it (`now` is a parameter)."""
+    now = bindparam("now", type_=UtcDateTime)
+    return (
+        select(
+            OrderName.id,
+            OrderName.name,
+            OrderName.dcv_method,
+            Order.csr_pem,
+            Order.unique_value,
+            OrderName.lease_owner,
+        )
+        .join(Order, Order.id == OrderName.order_id)
+        .where(
+            Order.status.in_(VALIDATING),
+            OrderName.verified_at.is_(None),
+            OrderName.next_check_at.is_not(None),
+            OrderName.next_check_at <= now,
+            (OrderName.lease_until.is_(None)) | (OrderName.lease_until < now),
+        )
+        .order_by(OrderName.next_check_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=OrderName)
+    )
+
+
 def claim_due_names(ctx: OrdersContext, owner: str, limit: int = 50) -> list[NameCheck]:
     now = ctx.clock.now()
     with ctx.db.transaction() as session:
-        rows = session.execute(
-            select(
-                OrderName.id,
-                OrderName.name,
-                OrderName.dcv_method,
-                Order.csr_pem,
-                Order.unique_value,
-                OrderName.lease_owner,
-            )
-            .join(Order, Order.id == OrderName.order_id)
-            .where(
-                Order.status.in_(VALIDATING),
-                OrderName.verified_at.is_(None),
-                OrderName.next_check_at.is_not(None),
-                OrderName.next_check_at <= now,
-                (OrderName.lease_until.is_(None)) | (OrderName.lease_until < now),
-            )
-            .order_by(OrderName.next_check_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=OrderName)
-        ).all()
+        rows = session.execute(_due_names(limit), {"now": now}).all()
         if rows:
             session.execute(
                 update(OrderName)
@@ -160,37 +170,103 @@ def next_delay(policy: Policy, attempts: int) -> timedelta:
     return schedule[min(attempts - 1, len(schedule) - 1)]
 
 
+# Results recorded in one transaction at most: bounds how long one holds the write lock.
+RECORD_CHUNK = 50
+
+
 def record_result(ctx: OrdersContext, check: NameCheck, owner: str, result: CheckResult) -> None:
+    record_results(ctx, owner, [(check, result)])
+
+
+def record_results(
+    ctx: OrdersContext, owner: str, results: Sequence[tuple[NameCheck, CheckResult]]
+) -> None:
+    """Store checks' outcomes, up to RECORD_CHUNK per transaction (docs/PERFORMANCE.md P6);
+    each name as if alone: only while `owner` holds its lease, never for a verified name or an
+    order no longer validating, with back-off after a failure and an event per new reason."""
+    for first in range(0, len(results), RECORD_CHUNK):
+        _record_chunk(ctx, owner, results[first : first + RECORD_CHUNK])
+
+
+def _record_chunk(
+    ctx: OrdersContext, owner: str, results: Sequence[tuple[NameCheck, CheckResult]]
+) -> None:
     now = ctx.clock.now()
+    name_ids = sorted({check.name_id for check, _ in results})
     with ctx.db.transaction() as session:
-        order_id = session.scalar(select(OrderName.order_id).where(OrderName.id == check.name_id))
-        # The order first, then the name (one lock order everywhere): checks of two names of one
-        # order finishing at once must not both see the other unverified and never mark it ready.
-        order = lock_row(session, Order, order_id) if order_id is not None else None
-        row = lock_row(session, OrderName, check.name_id)
-        if row is None or row.lease_owner != owner or row.verified_at is not None:
-            return
-        if order is None or order.status not in VALIDATING:
-            row.lease_owner = None
-            row.lease_until = None
-            return
-        row.attempts += 1
-        row.last_checked_at = now
-        changed = row.last_result != result.detail
-        row.last_result = result.detail
+        order_of = {
+            name_id: order_id
+            for name_id, order_id in session.execute(
+                select(OrderName.id, OrderName.order_id).where(OrderName.id.in_(name_ids))
+            )
+        }
+        # The orders first, then the names (one lock order everywhere), each in id order so
+        # two batches cannot wait for each other: checks of two names of one order finishing
+        # at once must not both see the other unverified and never mark it ready.
+        orders_query = (
+            select(Order)
+            .where(Order.id.in_(sorted(set(order_of.values()))))
+            .order_by(Order.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if any(result.ok for _, result in results):
+            # mark_ready_if_complete reads every name of the order: one query, not one each.
+            orders_query = orders_query.options(selectinload(Order.names))
+        orders = {order.id: order for order in session.scalars(orders_query)}
+        names = {
+            row.id: row
+            for row in session.scalars(
+                select(OrderName)
+                .where(OrderName.id.in_(name_ids))
+                .order_by(OrderName.id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+        }
+        for check, result in results:
+            row = names.get(check.name_id)
+            order = orders.get(order_of.get(check.name_id, -1))
+            _apply_result(ctx, session, order, row, owner, result, now)
+
+
+def _apply_result(
+    ctx: OrdersContext,
+    session: Session,
+    order: Order | None,
+    row: OrderName | None,
+    owner: str,
+    result: CheckResult,
+    now: datetime,
+) -> None:
+    if row is None or row.lease_owner != owner or row.verified_at is not None:
+        return
+    if order is None or order.status not in VALIDATING:
         row.lease_owner = None
         row.lease_until = None
-        if not result.ok:
-            row.next_check_at = now + next_delay(ctx.policy, row.attempts)
-            if changed:  # a new reason, not every hourly repeat of the same one
-                record_event(session, order, "domain.check_failed",
-                             {"domainName": row.name, "error": result.detail}, now)
-            return
-        row.verified_at = now
-        row.verified_how = row.dcv_method
-        row.next_check_at = None
-        record_event(session, order, "domain.verified", {"domainName": row.name}, now)
-        mark_ready_if_complete(order, now)
+        return
+    row.attempts += 1
+    row.last_checked_at = now
+    changed = row.last_result != result.detail
+    row.last_result = result.detail
+    row.lease_owner = None
+    row.lease_until = None
+    if not result.ok:
+        row.next_check_at = now + next_delay(ctx.policy, row.attempts)
+        if changed:  # a new reason, not every hourly repeat of the same one
+            record_event(
+                session,
+                order,
+                "domain.check_failed",
+                {"domainName": row.name, "error": result.detail},
+                now,
+            )
+        return
+    row.verified_at = now
+    row.verified_how = row.dcv_method
+    row.next_check_at = None
+    record_event(session, order, "domain.verified", {"domainName": row.name}, now)
+    mark_ready_if_complete(order, now)
 
 
 def mark_ready_if_complete(order: Order, now: datetime) -> None:
@@ -201,6 +277,12 @@ def mark_ready_if_complete(order: Order, now: datetime) -> None:
 
 def fail_expired_orders(ctx: OrdersContext, limit: int = 100) -> int:
     """Orders whose validation window ended: FAILED and refunded in one transaction each."""
+    return expire_orders(ctx, limit)[0]
+
+
+def expire_orders(ctx: OrdersContext, limit: int = 100) -> tuple[int, datetime | None]:
+    """fail_expired_orders, and when the next window of a PENDING order ends (None: no
+    PENDING order), so that a worker scanning on a timer can also come back right then."""
     now = ctx.clock.now()
     with ctx.db.transaction() as session:
         ids = list(
@@ -208,6 +290,11 @@ def fail_expired_orders(ctx: OrdersContext, limit: int = 100) -> int:
                 select(Order.id)
                 .where(Order.status == Status.PENDING, Order.validation_deadline < now)
                 .limit(limit)
+            )
+        )
+        following = session.scalar(
+            select(func.min(Order.validation_deadline)).where(
+                Order.status == Status.PENDING, Order.validation_deadline >= now
             )
         )
     for order_id in ids:
@@ -222,4 +309,6 @@ def fail_expired_orders(ctx: OrdersContext, limit: int = 100) -> int:
             order.updated_at = now
             settle_failure(ctx, session, order, now, "validation window ended")
             record_event(session, order, "order.failed", {"reason": order.failure_reason}, now)
-    return len(ids)
+    if len(ids) == limit:
+        following = now  # more are due than one call takes
+    return len(ids), following

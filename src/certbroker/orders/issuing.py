@@ -5,19 +5,24 @@
 3. In one transaction: store the certificate, complete the order, write the event.
 A crash between 1 and 3 leaves a `signing` row whose signature never left the process; the retry
 signs the same serial and validity again, so no certificate exists that the database does not
-know, and an order never gets two.
+know, and an order never gets two. The worker takes each step for its whole batch of orders in
+one transaction (`issue_orders`), which keeps all of this.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from certbroker import metrics
@@ -31,8 +36,10 @@ from certbroker.orders.states import VALIDATING, Status
 from certbroker.pki.bundles import make_jks, make_pkcs12, random_password
 from certbroker.pki.keys import PrivateKey, load_private_key_pem
 from certbroker.store.db import lock_row
-from certbroker.store.models import Certificate, Order
+from certbroker.store.models import Certificate, Order, OrderName, UtcDateTime
 from certbroker.validation.caa import check_caa
+
+log = structlog.get_logger("certbroker.issuance")
 
 # Marks a name's last result as a CAA refusal (shown in collect until issuance succeeds).
 CAA_PREFIX = "CAA: "
@@ -48,36 +55,65 @@ def add_years(moment: datetime, years: int) -> datetime:
         return moment.replace(year=moment.year + years, day=28)
 
 
+@dataclass(frozen=True)
+class ReadyOrder:
+    """An order leased for signing, with the names whose CAA must allow us first (none for the
+    untrusted sandbox CA). Read at the claim: names are only ever removed from an order, so a
+    name removed meanwhile is checked needlessly and none goes unchecked."""
+
+    order_id: int
+    caa_names: tuple[str, ...]
+
+
 def claim_ready_orders(ctx: OrdersContext, owner: str, limit: int = 20) -> list[int]:
     """Lease orders that are ready to sign (PostgreSQL: SKIP LOCKED lets workers share)."""
+    return [ready.order_id for ready in claim_issuance(ctx, owner, limit)]
+
+
+@functools.cache
+def _ready_orders(limit: int) -> Select[int]:
+    """The claim's query, built once: it runs on every pass (`now` is a parameter)."""
+    now = bindparam("now", type_=UtcDateTime)
+    return (
+        select(Order.id)
+        .where(
+            Order.status.in_(VALIDATING),
+            Order.issue_due_at.is_not(None),
+            Order.issue_due_at <= now,
+            (Order.lease_until.is_(None)) | (Order.lease_until < now),
+        )
+        .order_by(Order.issue_due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def claim_issuance(ctx: OrdersContext, owner: str, limit: int = 20) -> list[ReadyOrder]:
+    """claim_ready_orders with each order's CAA names, in the claim's one transaction."""
     now = ctx.clock.now()
     with ctx.db.transaction() as session:
-        ids = list(
-            session.scalars(
-                select(Order.id)
-                .where(
-                    Order.status.in_(VALIDATING),
-                    Order.issue_due_at.is_not(None),
-                    Order.issue_due_at <= now,
-                    (Order.lease_until.is_(None)) | (Order.lease_until < now),
-                )
-                .order_by(Order.issue_due_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
+        ids = list(session.scalars(_ready_orders(limit), {"now": now}))
+        if not ids:
+            return []
+        # An earlier owner's lease ran out (it crashed or stalled): its work is taken over.
+        taken = session.scalar(
+            select(func.count()).where(Order.id.in_(ids), Order.lease_owner.is_not(None))
         )
-        if ids:
-            # An earlier owner's lease ran out (it crashed or stalled): its work is taken over.
-            taken = session.scalar(
-                select(func.count()).where(Order.id.in_(ids), Order.lease_owner.is_not(None))
-            )
-            metrics.lease_taken_over("issuance", int(taken or 0))
-            session.execute(
-                update(Order)
-                .where(Order.id.in_(ids))
-                .values(lease_owner=owner, lease_until=now + ctx.policy.lease)
-            )
-    return ids
+        metrics.lease_taken_over("issuance", int(taken or 0))
+        session.execute(
+            update(Order)
+            .where(Order.id.in_(ids))
+            .values(lease_owner=owner, lease_until=now + ctx.policy.lease)
+        )
+        names: dict[int, list[str]] = {order_id: [] for order_id in ids}
+        for order_id, name in session.execute(
+            select(OrderName.order_id, OrderName.name)
+            .join(Order, Order.id == OrderName.order_id)
+            .where(OrderName.order_id.in_(ids), Order.sandbox.is_(False))
+            .order_by(OrderName.id)
+        ):
+            names[order_id].append(name)
+    return [ReadyOrder(order_id, tuple(names[order_id])) for order_id in ids]
 
 
 def organization_of(order: Order) -> SubjectOrganization | None:
@@ -203,89 +239,144 @@ def _bundles(ctx: OrdersContext, order: Order, key: PrivateKey, leaf: x509.Certi
     )
 
 
+@dataclass(frozen=True)
+class _ToSign:
+    order_id: int
+    cert_row_id: int
+    request: LeafRequest
+
+
 def issue_order(ctx: OrdersContext, order_id: int, owner: str) -> bool:
     """Sign the order's certificate if it is still ready and ours; True when it was issued."""
+    return issue_orders(ctx, [order_id], owner)[order_id]
+
+
+def issue_orders(ctx: OrdersContext, order_ids: Sequence[int], owner: str) -> dict[int, bool]:
+    """issue_order for several orders with the module docstring's steps taken together: step 1
+    for all of them in one transaction, then each signature, then step 3 for all in one
+    transaction. Every `signing` row is committed before any signature is made, so a crash
+    still leaves only rows to sign again. Each order runs in a savepoint of its own: one
+    that fails (logged) is rolled back alone and keeps its lease until it runs out, like a
+    failure of issue_order, while the others go on. Returns order id -> issued."""
     now = ctx.clock.now()
+    issued = dict.fromkeys(order_ids, False)
+    to_sign: list[_ToSign] = []
     with ctx.db.transaction() as session:
-        # Row-locked (PostgreSQL): a worker that took over an expired lease waits here instead of
-        # allocating a second serial beside ours.
-        order = lock_row(session, Order, order_id)
-        if order is None or order.lease_owner != owner:
-            return False
-        cert = _prepare(ctx, session, order, now)
-        if cert is None:
-            order.issue_due_at = None
-            order.lease_owner = order.lease_until = None
-            return False
-        names = [n.name for n in order.names]
-        request = LeafRequest(
-            serial=int(cert.serial_hex, 16),
-            public_key=x509.load_pem_x509_csr(order.csr_pem.encode("ascii")).public_key(),
-            names=names,
-            not_before=cert.not_before,
-            not_after=cert.not_after,
-            validation_level=order.validation_level,
-            organization=organization_of(order),
-            sandbox=order.sandbox,
-        )
-        cert_row_id = cert.id
-    leaf = ctx.ca.sign(request)
+        for order_id in sorted(issued):  # one lock order for batches of several workers
+            try:
+                with session.begin_nested():
+                    item = _start_signing(ctx, session, order_id, owner, now)
+            except Exception:
+                log.exception("issuance failed", order_id=order_id, step="prepare")
+                continue
+            if item is not None:
+                to_sign.append(item)
+    signed: list[tuple[_ToSign, x509.Certificate]] = []
+    for item in to_sign:
+        try:
+            signed.append((item, ctx.ca.sign(item.request)))
+        except Exception:
+            log.exception("issuance failed", order_id=item.order_id, step="sign")
+    if not signed:
+        return issued
     with ctx.db.transaction() as session:
-        # The order's row lock puts us after a cancel or a competing issuance of this order,
-        # and the reads below see what they committed.
-        order = lock_row(session, Order, order_id)
-        cert = lock_row(session, Certificate, cert_row_id)
-        if order is None or cert is None or cert.state != "signing":
-            return False
-        if order.lease_owner != owner:
-            return False  # taken over: the new owner signs this serial again and stores it
-        if order.status not in VALIDATING:
-            # Cancelled or failed while we signed: this signature never left the process.
-            cert.state = "abandoned"
-            order.issue_due_at = None
-            order.lease_owner = order.lease_until = None
-            return False
-        first = order.status == Status.PENDING
-        key = _held_key(ctx, order)
-        issuer = ctx.ca.issuer(order.sandbox)
-        cert.pem = leaf.public_bytes(Encoding.PEM).decode("ascii")
-        cert.chain_pem = issuer.chain_pem
-        cert.state = "issued"
-        cert.issued_at = now
-        if key is not None:
-            cert.bundles_encrypted = _bundles(ctx, order, key, leaf)
-        order.status = Status.COMPLETE
-        order.completed_at = order.completed_at or now
+        for item, leaf in signed:
+            try:
+                with session.begin_nested():
+                    issued[item.order_id] = _store_signed(ctx, session, item, leaf, owner, now)
+            except Exception:
+                log.exception("issuance failed", order_id=item.order_id, step="store")
+    return issued
+
+
+def _start_signing(
+    ctx: OrdersContext, session: Session, order_id: int, owner: str, now: datetime
+) -> _ToSign | None:
+    """Step 1: the `signing` row and what to sign, or None (not ours, or not ready any more)."""
+    # Row-locked (PostgreSQL): a worker that took over an expired lease waits here instead of
+    # allocating a second serial beside ours.
+    order = lock_row(session, Order, order_id)
+    if order is None or order.lease_owner != owner:
+        return None
+    cert = _prepare(ctx, session, order, now)
+    if cert is None:
         order.issue_due_at = None
-        order.lease_owner = None
-        order.lease_until = None
-        order.updated_at = now
-        order.renew_due_at = next_renewal(ctx, cert, order.due_at)
-        for row in order.names:
-            if (row.last_result or "").startswith(CAA_PREFIX):
-                row.last_result = "CAA allows issuance"
-        record_event(
-            session,
-            order,
-            "certificate.issued" if first else "certificate.reissued",
-            {"serial": cert.serial_hex, "generation": cert.generation, "automatic": not first},
-            now,
-        )
+        order.lease_owner = order.lease_until = None
+        return None
+    request = LeafRequest(
+        serial=int(cert.serial_hex, 16),
+        public_key=x509.load_pem_x509_csr(order.csr_pem.encode("ascii")).public_key(),
+        names=[n.name for n in order.names],
+        not_before=cert.not_before,
+        not_after=cert.not_after,
+        validation_level=order.validation_level,
+        organization=organization_of(order),
+        sandbox=order.sandbox,
+    )
+    return _ToSign(order_id=order_id, cert_row_id=cert.id, request=request)
+
+
+def _store_signed(
+    ctx: OrdersContext,
+    session: Session,
+    item: _ToSign,
+    leaf: x509.Certificate,
+    owner: str,
+    now: datetime,
+) -> bool:
+    """Step 3: store the certificate and complete the order; True when it was issued."""
+    # The order's row lock puts us after a cancel or a competing issuance of this order,
+    # and the reads below see what they committed.
+    order = lock_row(session, Order, item.order_id)
+    cert = lock_row(session, Certificate, item.cert_row_id)
+    if order is None or cert is None or cert.state != "signing":
+        return False
+    if order.lease_owner != owner:
+        return False  # taken over: the new owner signs this serial again and stores it
+    if order.status not in VALIDATING:
+        # Cancelled or failed while we signed: this signature never left the process.
+        cert.state = "abandoned"
+        order.issue_due_at = None
+        order.lease_owner = order.lease_until = None
+        return False
+    first = order.status == Status.PENDING
+    key = _held_key(ctx, order)
+    issuer = ctx.ca.issuer(order.sandbox)
+    cert.pem = leaf.public_bytes(Encoding.PEM).decode("ascii")
+    cert.chain_pem = issuer.chain_pem
+    cert.state = "issued"
+    cert.issued_at = now
+    if key is not None:
+        cert.bundles_encrypted = _bundles(ctx, order, key, leaf)
+    order.status = Status.COMPLETE
+    order.completed_at = order.completed_at or now
+    order.issue_due_at = None
+    order.lease_owner = None
+    order.lease_until = None
+    order.updated_at = now
+    order.renew_due_at = next_renewal(ctx, cert, order.due_at)
+    for row in order.names:
+        if (row.last_result or "").startswith(CAA_PREFIX):
+            row.last_result = "CAA allows issuance"
+    record_event(
+        session,
+        order,
+        "certificate.issued" if first else "certificate.reissued",
+        {"serial": cert.serial_hex, "generation": cert.generation, "automatic": not first},
+        now,
+    )
     return True
 
 
-def caa_names(ctx: OrdersContext, order_id: int) -> list[str]:
-    """Names whose CAA must allow us before signing; none for the untrusted sandbox CA."""
-    with ctx.db.transaction() as session:
-        order = session.get(Order, order_id)
-        if order is None or order.sandbox:
-            return []
-        return [n.name for n in order.names]
-
-
-async def caa_failures(ctx: OrdersContext, order_id: int) -> dict[str, str]:
-    """BR 3.2.2.8: CAA checked for every name right before issuance (well inside 8 hours)."""
-    names = await asyncio.to_thread(caa_names, ctx, order_id)
+async def caa_refusals(
+    ctx: OrdersContext, orders: Sequence[ReadyOrder]
+) -> dict[int, dict[str, str]]:
+    """BR 3.2.2.8: CAA checked for every name right before issuance (well inside 8 hours).
+    Every name of the batch is looked up at once, each only once; returns, for each order CAA
+    refuses, name -> reason. Nothing to look up (sandbox orders): no await at all."""
+    names = sorted({name for order in orders for name in order.caa_names})
+    if not names:
+        return {}
     results = await asyncio.gather(
         *(
             check_caa(
@@ -297,9 +388,15 @@ async def caa_failures(ctx: OrdersContext, order_id: int) -> dict[str, str]:
             for name in names
         )
     )
-    return {
+    refused = {
         name: result.detail for name, result in zip(names, results, strict=True) if not result.ok
     }
+    out: dict[int, dict[str, str]] = {}
+    for order in orders:
+        failures = {name: refused[name] for name in order.caa_names if name in refused}
+        if failures:
+            out[order.order_id] = failures
+    return out
 
 
 def defer_for_caa(ctx: OrdersContext, order_id: int, owner: str, failures: dict[str, str]) -> None:

@@ -5,7 +5,8 @@ rebuilt (new thisUpdate, higher cRLNumber) when the CA has none yet, when the re
 certificates it lists changed, or once half its lifetime has passed: Subscriber CRLs live 7
 days (BR 4.9.7: reissued at least every 7 days, nextUpdate at most 10 days out), root CRLs 365
 days (at least every twelve months). The revocation code calls `refresh_crls(ctx)` after it
-commits; the worker calls it on every pass, which also catches a refresh lost to a crash.
+commits; the worker calls it every minute (worker/runner.py CRL_INTERVAL), which also
+catches a refresh lost to a crash.
 """
 
 from __future__ import annotations

@@ -2,6 +2,11 @@
 
 Every item is a row with a due time and a lease, so any number of workers may run; with SQLite
 the server runs one in-process.
+
+Each pass (on every wake and poll) claims due DCV checks and orders ready to sign. The scans for
+rarer work run on timers of their own (`SCANS`), so an idle pass costs two short transactions
+instead of a dozen that all want SQLite's one write lock (docs/PERFORMANCE.md P7); `run_once`
+still does everything, for tests and tools that want one complete pass.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ import secrets
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -19,10 +27,68 @@ from certbroker import metrics
 from certbroker.notify import webhooks
 from certbroker.orders import dcv, email_dcv, issuing, revocation_lists, subscriptions
 from certbroker.orders.context import OrdersContext
+from certbroker.validation.results import CheckResult
 
 log = structlog.get_logger("certbroker.worker")
 
 MAX_PARALLEL_CHECKS = 50
+# After a check completes, wait this long for others to finish before recording: a burst of
+# results goes into one transaction, and a slow check (up to the 10 s timeout) holds back
+# the names checked before it by this much at most.
+RECORD_GATHER_SECONDS = 0.005
+
+# How often `run_forever` runs each scan, and why that is soon enough:
+# - mail: approval mails are queued by the DCV check of an EMAIL name (then sent in that same
+#   pass) or by a `resend` call, which waits for this timer.
+MAIL_INTERVAL = timedelta(seconds=2)
+# - webhooks: events written by a pass's own work (checks, issuance, expiry...) go out at the
+#   end of that pass, at most every WEBHOOK_BUSY_GAP under load; events of API calls (place,
+#   cancel, revoke) wait for this timer.
+WEBHOOK_INTERVAL = timedelta(seconds=2)
+WEBHOOK_BUSY_GAP = timedelta(milliseconds=250)
+# - subscriptions: reissues start a renew lead (30 days) before a certificate ends, notices
+#   the same lead before the dueDate: half a minute late changes nothing.
+SUBSCRIPTION_INTERVAL = timedelta(seconds=30)
+# - expiry: also run the moment the next validation window ends (the scan reports it), so an
+#   order fails as promptly as when every pass scanned; the timer only catches windows that
+#   end earlier than any seen (another process, a changed setting).
+EXPIRY_INTERVAL = timedelta(seconds=30)
+# - CRLs: a revocation refreshes them itself when it commits, and current_crl() builds one on
+#   demand when it has expired; this only keeps the 7-day schedule (rebuilt at half-life)
+#   and repairs a refresh lost to a crash.
+CRL_INTERVAL = timedelta(seconds=60)
+
+
+@dataclass
+class Timer:
+    """When a periodic scan is due next (by the context's clock, so tests can move it)."""
+
+    interval: timedelta
+    next_at: datetime | None = None  # None: at the next pass
+    last_at: datetime | None = None
+
+    def due(self, now: datetime) -> bool:
+        if self.next_at is None or now >= self.next_at:
+            return True
+        # The clock went back: do not wait out the jump.
+        return self.last_at is not None and now < self.last_at
+
+    def ran(self, now: datetime) -> None:
+        self.last_at = now
+        self.next_at = now + self.interval
+
+    def due_by(self, when: datetime) -> None:
+        """Run no later than `when` (earlier if already due)."""
+        if self.next_at is None or when < self.next_at:
+            self.next_at = when
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What a pass's DCV checks did."""
+
+    count: int = 0
+    email: bool = False  # an EMAIL check ran: it may have queued an approval mail
 
 
 class Worker:
@@ -31,72 +97,147 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
+        self.mail = Timer(MAIL_INTERVAL)
+        self.webhooks = Timer(WEBHOOK_INTERVAL)
+        self.subscriptions = Timer(SUBSCRIPTION_INTERVAL)
+        self.expiry = Timer(EXPIRY_INTERVAL)
+        self.crls = Timer(CRL_INTERVAL)
 
     def wake(self) -> None:
         """Ask for a pass now (after place) instead of at the next poll."""
         self._wake.set()
 
-    async def _check_names(self) -> int:
+    async def _check_names(self) -> Checked:
         checks = await asyncio.to_thread(dcv.claim_due_names, self.ctx, self.owner)
         if not checks:
-            return 0
+            return Checked()
         limit = asyncio.Semaphore(MAX_PARALLEL_CHECKS)
 
-        async def one(check: dcv.NameCheck) -> None:
+        async def one(check: dcv.NameCheck) -> tuple[dcv.NameCheck, CheckResult | None]:
             async with limit:
-                result = await dcv.run_check(self.ctx, check)
-            await asyncio.to_thread(dcv.record_result, self.ctx, check, self.owner, result)
-            metrics.observe_dcv_check(check.method, result.ok)
-            log.info("dcv check", name_id=check.name_id, method=check.method, ok=result.ok)
+                try:
+                    return check, await dcv.run_check(self.ctx, check)
+                except Exception:  # its lease runs out and the check is tried again then
+                    log.exception("dcv check failed", name_id=check.name_id)
+                    return check, None
 
-        await asyncio.gather(*(one(c) for c in checks))
-        return len(checks)
+        pending = {asyncio.create_task(one(c)) for c in checks}
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if pending:
+                    more, pending = await asyncio.wait(pending, timeout=RECORD_GATHER_SECONDS)
+                    done |= more
+                results = [
+                    (check, result)
+                    for check, result in (task.result() for task in done)
+                    if result is not None
+                ]
+                # One transaction for the group; checks still running go on meanwhile.
+                await asyncio.to_thread(dcv.record_results, self.ctx, self.owner, results)
+                for check, result in results:
+                    metrics.observe_dcv_check(check.method, result.ok)
+                    log.info("dcv check", name_id=check.name_id, method=check.method, ok=result.ok)
+        finally:
+            for task in pending:  # the pass failed or was cancelled: leases run out
+                task.cancel()
+        return Checked(len(checks), any(c.method == "EMAIL" for c in checks))
 
     async def _issue(self) -> int:
-        ids = await asyncio.to_thread(issuing.claim_ready_orders, self.ctx, self.owner)
-        for order_id in ids:
-            started = time.perf_counter()
-            failures = await issuing.caa_failures(self.ctx, order_id)
-            if failures:
-                await asyncio.to_thread(
-                    issuing.defer_for_caa, self.ctx, order_id, self.owner, failures
-                )
-                continue
-            try:
-                issued = await asyncio.to_thread(
-                    issuing.issue_order, self.ctx, order_id, self.owner
-                )
-            except Exception:  # one bad order must not hold the others' leases until expiry
-                log.exception("issuance failed", order_id=order_id)
-                continue
-            if issued:
-                metrics.observe_issuance(time.perf_counter() - started)
-            log.info("issuance", order_id=order_id, issued=issued)
-        return len(ids)
+        ready = await asyncio.to_thread(issuing.claim_issuance, self.ctx, self.owner)
+        if not ready:
+            return 0
+        started = time.perf_counter()
+        refusals = await issuing.caa_refusals(self.ctx, ready)
+        for order_id, failures in refusals.items():
+            await asyncio.to_thread(issuing.defer_for_caa, self.ctx, order_id, self.owner, failures)
+        to_issue = [r.order_id for r in ready if r.order_id not in refusals]
+        if not to_issue:
+            return len(ready)
+        try:
+            issued = await asyncio.to_thread(issuing.issue_orders, self.ctx, to_issue, self.owner)
+        except Exception:  # a database failure: the leases run out and the orders retry
+            log.exception("issuance failed", order_ids=to_issue)
+            return len(ready)
+        elapsed = time.perf_counter() - started
+        for order_id, ok in issued.items():
+            if ok:
+                metrics.observe_issuance(elapsed)
+            log.info("issuance", order_id=order_id, issued=ok)
+        return len(ready)
 
     async def run_once(self) -> int:
         """One pass over every kind of due work; returns how many items were handled."""
-        done = await self._check_names()
+        return await self._pass(everything=True)
+
+    async def run_scheduled(self) -> int:
+        """One pass of `run_forever`: the claims, and the scans whose timer is due."""
+        return await self._pass(everything=False)
+
+    async def _scan(
+        self, timer: Timer, everything: bool, step: Callable[[], Awaitable[int]]
+    ) -> int:
+        if not (everything or timer.due(self.ctx.clock.now())):
+            return 0
+        timer.ran(self.ctx.clock.now())
+        return await step()
+
+    async def _pass(self, *, everything: bool) -> int:
+        ctx, owner = self.ctx, self.owner
+        checked = await self._check_names()
+        done = checked.count
+        if checked.email:
+            self.mail.due_by(ctx.clock.now())
         # Right after the checks: an approval e-mail queued by one goes out in the same pass.
-        done += await asyncio.to_thread(email_dcv.deliver_pending_mail, self.ctx, self.owner)
+        done += await self._scan(
+            self.mail,
+            everything,
+            lambda: asyncio.to_thread(email_dcv.deliver_pending_mail, ctx, owner),
+        )
         # Before issuing: a subscription's reissue whose validation is still fresh signs now.
-        done += await asyncio.to_thread(subscriptions.run_subscription_steps, self.ctx)
+        done += await self._scan(
+            self.subscriptions,
+            everything,
+            lambda: asyncio.to_thread(subscriptions.run_subscription_steps, ctx),
+        )
         done += await self._issue()
-        done += await asyncio.to_thread(dcv.fail_expired_orders, self.ctx)
+        done += await self._scan(self.expiry, everything, self._expire)
+        if done and self.webhooks.last_at is not None:
+            self.webhooks.due_by(self.webhooks.last_at + WEBHOOK_BUSY_GAP)
         # Last: events written by the steps above go out in the same pass.
-        done += await webhooks.run_step(self.ctx, self.owner)
+        done += await self._scan(self.webhooks, everything, lambda: webhooks.run_step(ctx, owner))
         # CRLs due by schedule or by a revocation (BR 4.9.7). Not counted: a rebuilt CRL needs
-        # no follow-up pass. A failure here (say, a root key unreadable) must not stop the rest.
+        # no follow-up pass.
+        await self._scan(self.crls, everything, self._refresh_crls)
+        return done
+
+    async def _expire(self) -> int:
+        failed, following = await asyncio.to_thread(dcv.expire_orders, self.ctx)
+        if following is not None:
+            self.expiry.due_by(following)
+        return failed
+
+    async def _refresh_crls(self) -> int:
+        # A failure here (say, a root key unreadable) must not stop the rest.
         try:
             await asyncio.to_thread(revocation_lists.refresh_crls, self.ctx)
         except Exception:
             log.exception("crl refresh failed")
-        return done
+        return 0
+
+    def _idle_seconds(self) -> float:
+        """How long to sleep: the poll interval, or less when a timer is due sooner."""
+        now = self.ctx.clock.now()
+        wait = self.poll_seconds
+        for timer in (self.mail, self.webhooks, self.subscriptions, self.expiry, self.crls):
+            if timer.next_at is not None:
+                wait = min(wait, (timer.next_at - now).total_seconds())
+        return max(wait, 0.0)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                busy = await self.run_once()
+                busy = await self.run_scheduled()
             except Exception:  # a bad pass must not kill the worker; leases expire and retry
                 log.exception("worker pass failed")
                 busy = 0
@@ -105,7 +246,7 @@ class Worker:
             self._wake.clear()
             waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self._wake.wait())]
             await asyncio.wait(
-                waiters, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+                waiters, timeout=self._idle_seconds(), return_when=asyncio.FIRST_COMPLETED
             )
             for task in waiters:
                 task.cancel()
