@@ -102,13 +102,14 @@ def run(
 
 
 async def _check_all(ctx: Any, deadline: float) -> tuple[int, bool]:
-    """Worker passes until nothing is due (True) or the deadline passed (False)."""
+    """Worker passes until nothing is due (True) or the deadline passed (False): the passes
+    `serve` runs (`run_scheduled`: the claims every pass, the periodic scans on their timers)."""
     from certbroker.worker.runner import Worker
 
     worker = Worker(ctx)
     handled = 0
     while time.monotonic() < deadline:
-        done = await worker.run_once()
+        done = await worker.run_scheduled()
         if not done:
             return handled, True
         handled += done
