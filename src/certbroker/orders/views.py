@@ -300,10 +300,9 @@ def view_of(
 
 
 def collect(ctx: OrdersContext, account: AccountRef, cert_id: object) -> OrderView:
-    """An order as collect shows it: one snapshot, no write lock, no ORM objects."""
+    """An order as collect shows it: one snapshot, no write lock, no ORM session."""
     wanted = _required_cert_id(cert_id, "certId")
-    with ctx.db.read() as session:
-        connection = session.connection()
+    with ctx.db.read_connection() as connection:
         rows = connection.execute(_COLLECT, {"cert_id": wanted, "account_id": account.id}).all()
         if not rows:
             raise _not_found("certId", wanted)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -87,9 +87,8 @@ class Database:
         self.url = normalize_url(url)
         self.engine = make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._readers = sessionmaker(
-            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
-        )
+        self._read_engine = self.engine.execution_options(**{READ_ONLY: True})
+        self._readers = sessionmaker(self._read_engine, expire_on_commit=False)
         event.listen(self._readers, "before_flush", _refuse_flush)
         self._writer: threading.RLock | None = threading.RLock() if self.is_sqlite else None
 
@@ -118,6 +117,12 @@ class Database:
         # Closing the session ends the snapshot (the pool rolls the connection back).
         with self._readers() as session:
             yield session
+
+    @contextmanager
+    def read_connection(self) -> Iterator[Connection]:
+        """`read()` without an ORM session, for Core statements on the hottest paths."""
+        with self._read_engine.connect() as connection:
+            yield connection
 
     def ping(self) -> None:
         """Raise unless the database answers a query (readiness)."""

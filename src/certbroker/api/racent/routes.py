@@ -9,12 +9,13 @@ become a flood of rows).
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -60,12 +61,24 @@ def audited(endpoint: Endpoint) -> bool:
     return endpoint.changes_state or endpoint.name in SPEC_STATE_CHANGING
 
 
-class CaseInsensitiveEndpoints:
-    """Route `/ssl/batchupdatedcv` like `/ssl/batchUpdateDCV` (SPEC 1.1)."""
+Handler = Callable[[Request], Awaitable[Response]]
 
-    def __init__(self, app: ASGIApp, names: list[str]) -> None:
+
+class RacentDispatch:
+    """`POST /ssl/<endpoint>` straight to its handler, the name matched case-insensitively
+    (`/ssl/batchupdatedcv` is `/ssl/batchUpdateDCV`, SPEC 1.1).
+
+    The handlers need nothing of FastAPI's per-request machinery (routing over every path,
+    dependency solving, exception middlewares): skipping it saves a large share of a cheap
+    call such as collect (docs/PERFORMANCE.md). Errors still reach the app's handlers (an
+    unexpected exception is answered -2 in the envelope by the outermost middleware). Other
+    methods and paths go on to FastAPI, which answers 405/404 and serves the OpenAPI document
+    of the same routes."""
+
+    def __init__(self, app: ASGIApp, handlers: dict[str, Handler]) -> None:
         self.app = app
-        self.canonical = {name.lower(): name for name in names}
+        self.handlers = handlers
+        self.canonical = {name.lower(): name for name in handlers}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -73,8 +86,13 @@ class CaseInsensitiveEndpoints:
             if path.startswith(PREFIX):
                 tail = path[len(PREFIX) :].rstrip("/")
                 name = self.canonical.get(tail.lower())
-                if name is not None and name != tail:
-                    scope = dict(scope, path=PREFIX + name, raw_path=(PREFIX + name).encode())
+                if name is not None:
+                    if scope["method"] == "POST":
+                        response = await self.handlers[name](Request(scope, receive))
+                        await response(scope, receive, send)
+                        return
+                    if name != tail:
+                        scope = dict(scope, path=PREFIX + name, raw_path=(PREFIX + name).encode())
         await self.app(scope, receive, send)
 
 
@@ -184,8 +202,8 @@ def rate_limited_response(limited: RateLimited) -> JSONResponse:
     )
 
 
-def _route(ctx: OrdersContext, endpoint: Endpoint) -> Any:
-    async def handle(request: Request) -> JSONResponse:
+def _route(ctx: OrdersContext, endpoint: Endpoint) -> Handler:
+    async def handle(request: Request) -> Response:
         started = time.perf_counter()
         guard = guard_of(request.app)
         caller = _Caller(address=request.client.host if request.client else "")
@@ -251,12 +269,14 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def racent_router(ctx: OrdersContext) -> APIRouter:
+def racent_router(handlers: dict[str, Handler]) -> APIRouter:
+    """The routes as FastAPI knows them: for the OpenAPI document and for what RacentDispatch
+    passes on (wrong methods)."""
     router = APIRouter(tags=["Racent-compatible API"])
     for endpoint in ENDPOINTS:
         router.add_api_route(
             PREFIX + endpoint.name,
-            _route(ctx, endpoint),
+            handlers[endpoint.name],
             methods=["POST"],
             summary=endpoint.summary,
             response_model=schemas.Envelope,
@@ -269,8 +289,9 @@ def racent_router(ctx: OrdersContext) -> APIRouter:
 
 
 def install(app: FastAPI, ctx: OrdersContext) -> None:
-    app.include_router(racent_router(ctx))
-    app.add_middleware(CaseInsensitiveEndpoints, names=[e.name for e in ENDPOINTS])
+    handlers = {endpoint.name: _route(ctx, endpoint) for endpoint in ENDPOINTS}
+    app.include_router(racent_router(handlers))
+    app.add_middleware(RacentDispatch, handlers=handlers)
     guard_of(app)
 
 
