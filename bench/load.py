@@ -56,7 +56,16 @@ class LoadResult:
 def _lane(
     job: Job, items: Sequence[Any], samples: list[tuple[float, float]], errors: list[str]
 ) -> None:
+    # A job with `pace_seconds` starts its requests at most that often (an open-loop rate,
+    # for latency under a given load); the wait is not part of the measured latency.
+    pace = float(getattr(job, "pace_seconds", 0.0) or 0.0)
+    slot = time.monotonic()
     for item in items:
+        if pace:
+            wait = slot - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            slot = max(slot, time.monotonic()) + pace
         started = time.monotonic()
         try:
             job.run(item)

@@ -10,6 +10,7 @@ certificate) and on PENDING ones (what a panel polls).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,16 @@ from bench.common import (
 from bench.load import ApiClient, LoadResult, expect_success, run_load
 
 MULTI = "sectigo-multi-domain"  # 30.00 USD base
+PACED_WITHOUT_CSR = "place without CSR, half capacity"
 
 
 class RequestJob:
-    """One lane sending one endpoint's requests back to back."""
+    """One lane sending one endpoint's requests back to back (or one per `pace_seconds`)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.api = ApiClient(config["port"], config["token"])
         self.endpoint = str(config["endpoint"])
+        self.pace_seconds = float(config.get("pace_seconds", 0.0))
 
     def run(self, item: dict[str, str]) -> None:
         data = expect_success(self.endpoint, self.api.call(self.endpoint, **item))
@@ -90,6 +93,7 @@ def run(
     poll_seconds: float,
     poll_max_seconds: float,
     proposed: bool = False,
+    idle_pause_seconds: float = 5.0,
 ) -> dict[str, Any]:
     data_dir = workdir / "certbroker"
     env = certbroker_e2e.server_env(site, chall, 0.1)
@@ -97,7 +101,7 @@ def run(
     seeded: list[str] = []
     try:
         placed_usd = certbroker_e2e.PRODUCT_USD * (
-            seed_orders + len(concurrencies) * (requests + requests_without_csr) + 10
+            seed_orders + (len(concurrencies) + 1) * (requests + requests_without_csr) + 10
         )
         server.topup(placed_usd + 1000)
         names = [f"seed-{i}.shop.example.com" for i in range(seed_orders)]
@@ -130,11 +134,13 @@ def run(
     try:
         base = {"port": server.port, "token": server.token}
 
-        def measure(what: str, endpoint: str, c: int, items: list[dict[str, str]]) -> None:
+        def measure(
+            what: str, endpoint: str, c: int, items: list[dict[str, str]], pace: float = 0.0
+        ) -> None:
             meter = CpuMeter({"server": server.pid})
             result = run_load(
                 RequestJob,
-                {**base, "endpoint": endpoint},
+                {**base, "endpoint": endpoint, "pace_seconds": pace},
                 items,
                 concurrency=c,
                 processes=processes,
@@ -155,6 +161,18 @@ def run(
             count = max(requests_without_csr, 2 * c)
             names = [f"keygen-c{c}-{i}.shop.example.com" for i in range(count)]
             measure("place without CSR", "place", c, [place_fields(n, None) for n in names])
+        # Under the capacity: one client at half the best rate just measured, after a pause in
+        # which the server is idle (a server's usual state between bursts; its key pool refills).
+        capacity = max(m.result.per_second for m in measures if m.what == "place without CSR")
+        time.sleep(idle_pause_seconds)
+        names = [f"keygen-paced-{i}.shop.example.com" for i in range(requests_without_csr)]
+        measure(
+            PACED_WITHOUT_CSR,
+            "place",
+            1,
+            [place_fields(n, None) for n in names],
+            pace=2.0 / max(capacity, 1.0),
+        )
         pending = [cid for cid in _cert_ids(data_dir, status="PENDING")]
         for c in concurrencies:
             ids = [seeded[i % len(seeded)] for i in range(requests)]
