@@ -69,7 +69,13 @@ def test_end_to_end_ran_on_both_cas_without_errors(report: dict[str, Any]) -> No
 def test_place_and_collect_alone(report: dict[str, Any]) -> None:
     section = report["place_collect"]
     kinds = {r["what"] for r in section["rows"]}
-    assert kinds == {"place with CSR", "place without CSR", "collect COMPLETE", "collect PENDING"}
+    assert kinds == {
+        "place with CSR",
+        "place without CSR",
+        "place without CSR, half capacity",
+        "collect COMPLETE",
+        "collect PENDING",
+    }
     for row in section["rows"]:
         assert row["errors"] == 0, row["error_samples"]
         assert row["requests_per_s"] > 0 and _number(row["p99_ms"])
