@@ -105,3 +105,37 @@ def test_crypto_floor_and_targets(report: dict[str, Any]) -> None:
     assert any(goal.startswith("collect COMPLETE") for goal in goals)
     assert any("re-checked within 60 s" in goal for goal in goals)
     assert all(t["met"] in (True, False) for t in report["targets"])
+
+
+def _bench(*args: str) -> str:
+    run = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run.stdout
+
+
+def test_handlers_bench_prints_cpu_per_call() -> None:
+    lines = _bench("bench.handlers", "--n", "10").strip().splitlines()
+    assert [line.rsplit(" ", 3)[0].strip() for line in lines] == [
+        "handler  place (with CSR)",
+        "handler  collect (PENDING)",
+        "ASGI app place (with CSR)",
+        "ASGI app collect (PENDING)",
+    ]
+    for line in lines:
+        assert float(line.split()[-3]) > 0, line  # "... 4.636 ms CPU"
+
+
+def test_separate_worker_bench_runs_both_layouts_without_errors() -> None:
+    out = _bench("bench.separate_worker", "--n", "8", "--concurrency", "2")
+    lines = out.strip().splitlines()
+    assert [line.split(" C=")[0].strip() for line in lines] == [
+        "serve (worker in-process)",
+        "serve + worker process",
+    ]
+    assert all(line.endswith("errors 0") for line in lines), out
