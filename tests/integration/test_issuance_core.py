@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm.exc import StaleDataError
 
 from certbroker.issuance.builtin import LeafRequest
-from certbroker.orders import issuing
+from certbroker.orders import events, issuing
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.states import Status
 from certbroker.store.models import Certificate, Event, Order, OrderName
@@ -224,7 +224,7 @@ def test_a_completion_that_cannot_be_stored_fails_its_order_alone(
         used_id = next(iter(used))
     # The second order's `certificate.issued` event gets an id already taken (unique).
     event_ids = iter(["evt_fresh_one", used_id])
-    monkeypatch.setattr(issuing, "new_event_id", lambda: next(event_ids))
+    monkeypatch.setattr(events, "new_event_id", lambda: next(event_ids))
     ready_ids = sorted(r.order_id for r in issuing.claim_issuance(ctx, "w"))
     issued = issuing.issue_orders(ctx, ready_ids, "w")
     assert issued == {ready_ids[0]: True, ready_ids[1]: False}

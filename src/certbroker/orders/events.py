@@ -13,7 +13,7 @@ from certbroker.store.models import Event, Order
 
 # Built once; a Core insert on the session's connection costs a fraction of an ORM flush and
 # every order writes several events (docs/PERFORMANCE.md).
-_INSERT = insert(Event)
+INSERT_EVENT = insert(Event)
 
 
 def record_event(
@@ -45,15 +45,37 @@ def write_event(
 ) -> None:
     """`record_event` for an order known by its values (place writes it without ORM objects)."""
     connection.execute(
-        _INSERT,
-        {
-            "event_id": new_event_id(),
-            "account_id": account_id,
-            "order_id": order_id,
-            "type": kind,
-            "payload": {"certId": cert_id, "status": status, **payload},
-            "created_at": now,
-            "delivered_at": None,
-            "webhook_state": None,
-        },
+        INSERT_EVENT,
+        event_values(
+            account_id=account_id,
+            order_id=order_id,
+            cert_id=cert_id,
+            status=status,
+            kind=kind,
+            payload=payload,
+            now=now,
+        ),
     )
+
+
+def event_values(
+    *,
+    account_id: int,
+    order_id: int,
+    cert_id: str,
+    status: str,
+    kind: str,
+    payload: dict[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    """One outbox row for INSERT_EVENT (issuance writes a batch of them in one executemany)."""
+    return {
+        "event_id": new_event_id(),
+        "account_id": account_id,
+        "order_id": order_id,
+        "type": kind,
+        "payload": {"certId": cert_id, "status": status, **payload},
+        "created_at": now,
+        "delivered_at": None,
+        "webhook_state": None,
+    }

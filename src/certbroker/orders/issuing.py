@@ -36,14 +36,13 @@ from certbroker.issuance.builtin import LeafRequest
 from certbroker.issuance.profile import SubjectOrganization
 from certbroker.issuance.validity import leaf_not_after
 from certbroker.orders.context import OrdersContext
-from certbroker.orders.events import record_event
-from certbroker.orders.ids import new_event_id
+from certbroker.orders.events import INSERT_EVENT, event_values, record_event
 from certbroker.orders.reuse import still_fresh
 from certbroker.orders.states import VALIDATING, Status
 from certbroker.pki.bundles import make_jks, make_pkcs12, random_password
 from certbroker.pki.keys import PrivateKey, load_private_key_pem
 from certbroker.store.db import lock_row
-from certbroker.store.models import Certificate, Event, Order, OrderName, UtcDateTime
+from certbroker.store.models import Certificate, Order, OrderName, UtcDateTime
 from certbroker.validation.caa import check_caa
 
 log = structlog.get_logger("certbroker.issuance")
@@ -625,7 +624,6 @@ _CAA_ALLOWED = (
     )
     .values(last_result=CAA_ALLOWS)
 )
-_INSERT_EVENT = insert(Event)
 
 
 def _store_signed(
@@ -671,22 +669,15 @@ def _completion(
     `_LOCK_FOR_STORE`)."""
     item = done.item
     first = order.status == Status.PENDING
-    event = {
-        "event_id": new_event_id(),
-        "account_id": order.account_id,
-        "order_id": item.order_id,
-        "type": "certificate.issued" if first else "certificate.reissued",
-        "payload": {
-            "certId": order.cert_id,
-            "status": Status.COMPLETE.value,
-            "serial": item.serial_hex,
-            "generation": item.generation,
-            "automatic": not first,
-        },
-        "created_at": now,
-        "delivered_at": None,
-        "webhook_state": None,
-    }
+    event = event_values(
+        account_id=order.account_id,
+        order_id=item.order_id,
+        cert_id=order.cert_id,
+        status=Status.COMPLETE.value,
+        kind="certificate.issued" if first else "certificate.reissued",
+        payload={"serial": item.serial_hex, "generation": item.generation, "automatic": not first},
+        now=now,
+    )
     return [
         (
             _STORE_CERTIFICATE,
@@ -708,7 +699,7 @@ def _completion(
             },
         ),
         (_CAA_ALLOWED, {"b_order_id": item.order_id}),
-        (_INSERT_EVENT, event),
+        (INSERT_EVENT, event),
     ]
 
 
