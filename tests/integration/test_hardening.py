@@ -9,7 +9,6 @@ import json
 import logging
 import socket
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any, Literal
 
 import pytest
 import structlog
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -37,7 +35,7 @@ from certbroker.pki.csr import MAX_CSR_PEM_BYTES
 from certbroker.settings import Settings
 from certbroker.store.models import AppendOnlyError, AuditEntry, Order
 from tests.conftest import Service
-from tests.helpers.challtestsrv import free_port
+from tests.helpers.live_uvicorn import LiveUvicorn
 
 ONE = [{"domainName": "shop.example.com", "dcvMethod": "HTTP_CSR_HASH"}]
 PARAMS = {"server": "other", "domainInfo": ONE}
@@ -177,30 +175,6 @@ def test_names_per_order_and_csr_size_are_limited(service: Service) -> None:
 
 
 # --- slow and half-open clients against uvicorn on loopback ---------------------------------
-
-
-class LiveUvicorn:
-    def __init__(self, app: Any, **options: Any) -> None:
-        self.port = free_port()
-        options = {"log_config": None, **options, "host": "127.0.0.1", "port": self.port}
-        config = uvicorn.Config(app, lifespan="off", **options)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveUvicorn:
-        self.thread.start()
-        while not self.server.started:
-            self.thread.join(0.01)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join()
-
-    def connect(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port))
-        sock.settimeout(30)
-        return sock
 
 
 def _read_all(sock: socket.socket) -> bytes:

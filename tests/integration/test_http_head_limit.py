@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +15,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from certbroker.api.http_protocol import MAX_HEADERS, LimitedHttpToolsProtocol
 from certbroker.cli import uvicorn_options
 from certbroker.settings import Settings
-from tests.helpers.challtestsrv import free_port
+from tests.helpers.live_uvicorn import LiveUvicorn
 
 LIMIT = 2048
 
@@ -44,28 +42,14 @@ class RecordingApp:
         await send({"type": "http.response.body", "body": body})
 
 
-class Live:
+class Live(LiveUvicorn):
     def __init__(self, app: RecordingApp, settings: Settings) -> None:
-        self.port = free_port()
-        options = {**uvicorn_options(settings), "host": "127.0.0.1", "port": self.port}
-        self.server = uvicorn.Server(uvicorn.Config(app, lifespan="off", **options))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Live:
-        self.thread.start()
-        while not self.server.started:
-            self.thread.join(0.01)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join()
+        super().__init__(app, **uvicorn_options(settings))
 
     def exchange(self, *parts: bytes) -> bytes:
         """Send the parts one by one, then read until the server closes (no half-close: uvicorn
         drops pipelined requests on EOF)."""
-        with socket.create_connection(("127.0.0.1", self.port)) as sock:
-            sock.settimeout(30)
+        with self.connect() as sock:
             for part in parts:
                 sock.sendall(part)
             data = b""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from certbroker.orders.ids import new_event_id
@@ -20,37 +20,13 @@ def record_event(
     session: Session, order: Order, kind: str, payload: dict[str, Any], now: datetime
 ) -> None:
     """Write the event now, in the session's transaction (the order must have its id)."""
-    write_event(
-        session.connection(),
-        account_id=order.account_id,
-        order_id=order.id,
-        cert_id=order.cert_id,
-        status=order.status,
-        kind=kind,
-        payload=payload,
-        now=now,
-    )
-
-
-def write_event(
-    connection: Connection,
-    *,
-    account_id: int,
-    order_id: int,
-    cert_id: str,
-    status: str,
-    kind: str,
-    payload: dict[str, Any],
-    now: datetime,
-) -> None:
-    """`record_event` for an order known by its values (place writes it without ORM objects)."""
-    connection.execute(
+    session.connection().execute(
         INSERT_EVENT,
         event_values(
-            account_id=account_id,
-            order_id=order_id,
-            cert_id=cert_id,
-            status=status,
+            account_id=order.account_id,
+            order_id=order.id,
+            cert_id=order.cert_id,
+            status=order.status,
             kind=kind,
             payload=payload,
             now=now,
@@ -68,7 +44,8 @@ def event_values(
     payload: dict[str, Any],
     now: datetime,
 ) -> dict[str, Any]:
-    """One outbox row for INSERT_EVENT (issuance writes a batch of them in one executemany)."""
+    """One outbox row for INSERT_EVENT: record_event writes one, place and issuance write theirs
+    without ORM objects (issuance a batch in one executemany)."""
     return {
         "event_id": new_event_id(),
         "account_id": account_id,

@@ -24,7 +24,7 @@ from certbroker.orders.csr_policy import (
     requested_names,
 )
 from certbroker.orders.errors import ApiError, Code
-from certbroker.orders.events import record_event, write_event
+from certbroker.orders.events import INSERT_EVENT, event_values, record_event
 from certbroker.orders.ids import new_cert_id, new_order_num
 from certbroker.orders.params import (
     DomainRequest,
@@ -349,15 +349,17 @@ def _create(
         now=now,
         note=f"{checked.product.code} {checked.years}y",
     )
-    write_event(
-        connection,
-        account_id=account.id,
-        order_id=order_id,
-        cert_id=cert_id,
-        status=str(Status.PENDING),
-        kind="order.placed",
-        payload={"productCode": checked.product.code},
-        now=now,
+    connection.execute(
+        INSERT_EVENT,
+        event_values(
+            account_id=account.id,
+            order_id=order_id,
+            cert_id=cert_id,
+            status=str(Status.PENDING),
+            kind="order.placed",
+            payload={"productCode": checked.product.code},
+            now=now,
+        ),
     )
     facts = OrderFacts(
         id=order_id,
