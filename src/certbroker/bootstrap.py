@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
+import structlog
 from sqlalchemy import func, select
 
 from certbroker import keyring
@@ -16,9 +17,14 @@ from certbroker.orders import accounts
 from certbroker.orders.context import OrdersContext, Policy
 from certbroker.pki.key_pool import KeyPool
 from certbroker.pki.secretbox import SecretBox
+from certbroker.policy import public_suffixes
+from certbroker.policy.keys import WeakKeyList
+from certbroker.policy.names import NamePolicy, parse_blocklist
 from certbroker.settings import Settings
 from certbroker.store.db import Database
 from certbroker.store.models import Account
+
+log = structlog.get_logger("certbroker.policy")
 
 MASTER_KEY_FILE = keyring.LEGACY_KEY_FILE
 MASTER_KEY_ID = keyring.LEGACY_KEY_ID
@@ -30,7 +36,22 @@ def master_keys(settings: Settings) -> SecretBox:
     return keyring.open_ring(settings)
 
 
+def issuance_policy(settings: Settings) -> tuple[NamePolicy, WeakKeyList | None]:
+    """The name policy and weak-key list of `settings`; loads the Public Suffix List now, so a
+    bad list file stops start-up."""
+    public_suffixes.use_list_file(settings.public_suffix_list)
+    weak_keys = WeakKeyList.load(settings.effective_weak_keys_dir)
+    if weak_keys is None:
+        log.warning(
+            "weak-key list not installed: Debian weak keys and other published compromised "
+            "keys are not refused (docs/SETTINGS.md, WEAK_KEYS_DIR)",
+            directory=str(settings.effective_weak_keys_dir),
+        )
+    return NamePolicy(blocked=parse_blocklist(settings.name_blocklist)), weak_keys
+
+
 def policy_from(settings: Settings) -> Policy:
+    names, weak_keys = issuance_policy(settings)
     return Policy(
         dcv_window=timedelta(days=settings.dcv_window_days),
         dcv_retry=tuple(timedelta(seconds=s) for s in settings.dcv_retry_seconds)
@@ -50,6 +71,8 @@ def policy_from(settings: Settings) -> Policy:
         public_url=settings.public_url,
         caa_domains=tuple(settings.caa_domains),
         renew_lead=timedelta(days=settings.renew_lead_days),
+        names=names,
+        weak_keys=weak_keys,
     )
 
 
@@ -80,6 +103,7 @@ def key_pool_from(settings: Settings) -> KeyPool | None:
 def build_context(settings: Settings, clock: Clock | None = None) -> OrdersContext:
     clock = clock or SystemClock()
     db = open_database(settings)
+    policy = policy_from(settings)
     ca = BuiltinCa.load_or_create(
         settings.ca_dir,
         public_url=settings.public_url,
@@ -87,13 +111,14 @@ def build_context(settings: Settings, clock: Clock | None = None) -> OrdersConte
         now=clock.now(),
         passphrase=ca_passphrase(settings),
     )
+    ca.names_policy, ca.weak_keys = policy.names, policy.weak_keys
     return OrdersContext(
         db=db,
         catalog=Catalog.load_default(),
         ca=ca,
         box=master_keys(settings),
         clock=clock,
-        policy=policy_from(settings),
+        policy=policy,
         key_pool=key_pool_from(settings),
     )
 

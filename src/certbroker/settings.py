@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     )
 
     ca_organization: str = "certbroker"
+    # Issuance policy (policy/). Names refused with everything under them, e.g. "bank.com".
+    name_blocklist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A newer public_suffix_list.dat than the one the publicsuffixlist package bundles.
+    public_suffix_list: Path | None = None
+    # badkeys' blocklist data (Debian weak keys and other published compromised keys), made by
+    # `XDG_CACHE_HOME=<dir> badkeys --update-bl`; default `<data dir>/badkeys`.
+    weak_keys_dir: Path | None = None
     # Run the background worker inside `serve` (the default with SQLite).
     worker_in_process: bool = True
     worker_poll_seconds: float = 1.0
@@ -104,6 +111,7 @@ class Settings(BaseSettings):
     @field_validator(
         "dcv_allow_networks",
         "caa_domains",
+        "name_blocklist",
         "dcv_retry_seconds",
         "forwarded_allow_ips",
         mode="before",
@@ -140,6 +148,10 @@ class Settings(BaseSettings):
             env_settings,
             TomlConfigSettingsSource(settings_cls, toml_file=_config_file()),
         )
+
+    @property
+    def effective_weak_keys_dir(self) -> Path:
+        return self.weak_keys_dir or self.data_dir / "badkeys"
 
     @property
     def ca_dir(self) -> Path:

@@ -16,6 +16,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from certbroker.pki.csr import MAX_CSR_PEM_BYTES, CsrError, ParsedCsr, build_csr, parse_csr
 from certbroker.pki.keys import private_key_to_pem, public_key_matches
+from certbroker.policy.keys import key_refusal
 
 SignHash = hashes.SHA256 | hashes.SHA384 | hashes.SHA512
 DER = serialization.Encoding.DER
@@ -352,10 +353,6 @@ def corpus(
         ("md5", "CSR is signed with MD5; MD5 and SHA-1 signatures are not accepted (BR 7.1.3.2)"),
         ("sha1", "CSR is signed with SHA-1; MD5 and SHA-1 signatures are not accepted"),
         ("dsa", "DSA 2048 keys are not supported"),
-        ("rsa1024", "RSA key is 1024 bits; at least 2048 required"),
-        ("rsa8200", "RSA key is 8200 bits; at most 8192 supported"),
-        ("p521", "EC key uses curve P-521 (secp521r1); only P-256 and P-384 are accepted"),
-        ("secp256k1", "EC key uses curve secp256k1; only P-256"),
         ("ed25519", "Ed25519 keys are not supported"),
         ("ed448", "Ed448 keys are not supported"),
         ("tampered signature", "CSR signature does not verify"),
@@ -378,6 +375,21 @@ def test_broken_csr(corpus: Corpus, case: str, message: str) -> None:
     with pytest.raises(CsrError) as err:
         parse_csr(corpus[case])
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("rsa1024", "RSA key is 1024 bits; at least 2048 required"),
+        ("p521", "EC key uses curve P-521 (secp521r1); only P-256 and P-384 are accepted"),
+        ("secp256k1", "EC key uses curve secp256k1; only P-256"),
+    ],
+)
+def test_csr_keys_outside_the_key_policy(corpus: Corpus, case: str, message: str) -> None:
+    # pki parses them; sizes and curves are the key policy's to refuse (policy/keys.py).
+    refusal = key_refusal(parse_csr(corpus[case]).public_key)
+    assert refusal is not None
+    assert message in refusal.reason
 
 
 def test_size_limit_is_checked_before_parsing() -> None:

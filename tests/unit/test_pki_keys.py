@@ -9,11 +9,11 @@ from certbroker.pki.keys import (
     KeyFormatError,
     describe_key,
     generate_private_key,
-    key_policy_violation,
     load_private_key_pem,
     private_key_to_pem,
     public_key_matches,
 )
+from certbroker.policy.keys import key_refusal
 
 EXPECTED_DESCRIPTIONS = {
     "rsa2048": "RSA 2048",
@@ -96,23 +96,6 @@ def test_describe_other_key_types(ec_key: ec.EllipticCurvePrivateKey) -> None:
     assert describe_key(ec_key) == "ECDSA P-256"  # a private key is described too
 
 
-def test_key_policy_violation_accepts_allowed(
-    rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
-) -> None:
-    assert key_policy_violation(rsa_key.public_key()) is None
-    assert key_policy_violation(ec_key.public_key()) is None
-
-
-def test_policy_rejects_large_rsa_and_odd_sizes() -> None:
-    # Public keys are enough for the policy; no slow 8200-bit key generation needed.
-    big = rsa.RSAPublicNumbers(65537, (1 << 8199) | 1).public_key()
-    assert key_policy_violation(big) == "RSA key is 8200 bits; at most 8192 supported"
-    odd = rsa.RSAPublicNumbers(65537, (1 << 2051) | 1).public_key()
-    assert key_policy_violation(odd) == (
-        "RSA key is 2052 bits; the size must be a multiple of 8 (BR 6.1.5)"
-    )
-
-
 @pytest.fixture(scope="module")
 def bad_pems(rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
     pkcs8 = serialization.PrivateFormat.PKCS8
@@ -145,10 +128,8 @@ def bad_pems(rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey) -> 
         ("encrypted pkcs8", "private key is encrypted; supply it without a passphrase"),
         ("encrypted traditional", "private key is encrypted; supply it without a passphrase"),
         ("corrupted", "private key does not parse (PRIVATE KEY block is corrupted"),
-        ("dsa", "DSA 2048 keys are not supported; use RSA (2048-8192 bits) or ECDSA"),
+        ("dsa", "DSA 2048 keys are not supported; use RSA or ECDSA"),
         ("ed25519", "Ed25519 keys are not supported"),
-        ("rsa1024", "RSA key is 1024 bits; at least 2048 required"),
-        ("p521", "EC key uses curve P-521 (secp521r1); only P-256 and P-384 are accepted"),
         ("huge", "bytes; at most 65536 accepted"),
     ],
 )
@@ -156,6 +137,22 @@ def test_load_private_key_pem_rejects(bad_pems: dict[str, str], case: str, messa
     with pytest.raises(KeyFormatError) as err:
         load_private_key_pem(bad_pems[case])
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("rsa1024", "RSA key is 1024 bits; at least 2048 required"),
+        ("p521", "EC key uses curve P-521 (secp521r1); only P-256 and P-384 are accepted"),
+    ],
+)
+def test_loaded_keys_outside_the_key_policy(
+    bad_pems: dict[str, str], case: str, message: str
+) -> None:
+    # pki loads them; sizes and curves are the key policy's to refuse (policy/keys.py).
+    refusal = key_refusal(load_private_key_pem(bad_pems[case]).public_key())
+    assert refusal is not None
+    assert message in refusal.reason
 
 
 def test_trusted_skips_rsa_consistency_check(rsa_key: rsa.RSAPrivateKey) -> None:

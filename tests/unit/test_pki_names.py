@@ -19,13 +19,13 @@ from certbroker.pki.names import (
         ("bücher.de", "xn--bcher-kva.de"),
         ("*.BÜCHER.example", "*.xn--bcher-kva.example"),
         ("xn--bcher-kva.de", "xn--bcher-kva.de"),
-        # IDNA 2008 A-labels given as such are kept, even where IDNA 2003 would differ
+        # IDNA 2008 A-labels given as such are kept
         ("xn--zca.xn--strae-oqa.de", "xn--zca.xn--strae-oqa.de"),
         ("例え.テスト", "xn--r8jz45g.xn--zckzah"),
-        # IDNA 2003 separators (RFC 3490 3.1): ideographic and full-width full stops
+        # UTS 46 maps the ideographic and full-width full stops to "."
         ("例え。テスト", "xn--r8jz45g.xn--zckzah"),
-        # IDNA 2003 maps sharp s to "ss" (IDNA 2008 would give xn--zca); documented choice
-        ("straße.de", "strasse.de"),
+        # IDNA 2008 (non-transitional UTS 46) keeps the sharp s, where IDNA 2003 gave "ss"
+        ("straße.de", "xn--strae-oqa.de"),
         ("a-b.c-d.example", "a-b.c-d.example"),
         ("1.2.3.4", "1.2.3.4"),
         (" 2001:DB8:0:0::1 ", "2001:db8::1"),
@@ -65,15 +65,15 @@ def test_normalize_name_valid(raw: str, expected: str) -> None:
         ("01.2.3.4", "all-numeric"),
         ("256.1.1.1", "all-numeric"),
         ("fe80::1%eth0", "zone id"),
-        ("xn--a.com", "not a valid punycode A-label"),
+        ("xn--a.com", "not a valid IDNA 2008 A-label"),
         ("ab--cd.example.com", "reserved for IDNA"),
         ("[::1]", "not a fully qualified domain name"),
         ("a[1].example.com", "contains '['"),
         ("xn--zckzah-.com", "starts or ends with a hyphen"),
-        ("xn--4gqq.com", "not a valid punycode A-label"),
+        ("xn--4gqq.com", "not a valid IDNA 2008 A-label"),
         ("xn--abc-.com", "starts or ends with a hyphen"),
-        ("xn--abc.com", "not a valid punycode A-label"),
-        ("\u00ad.example.com", "cannot be converted to an IDNA A-label"),
+        ("xn--abc.com", "not a valid IDNA 2008 A-label"),
+        ("\u00ad.example.com", "is not a valid IDNA 2008 name"),
     ],
 )
 def test_normalize_name_invalid(raw: str, fragment: str) -> None:

@@ -30,6 +30,8 @@ from certbroker.issuance.profile import (
     new_serial,
     parse_validation_level,
 )
+from certbroker.policy.keys import WeakKeyList
+from certbroker.policy.names import DEFAULT_POLICY, NamePolicy
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,15 @@ class BuiltinCa:
         production: Issuer,
         sandbox: Issuer,
         root_loader: Callable[[IssuerName], RootCa] | None = None,
+        *,
+        names_policy: NamePolicy = DEFAULT_POLICY,
+        weak_keys: WeakKeyList | None = None,
     ) -> None:
         self._issuers = {"production": production, "sandbox": sandbox}
         self._root_loader = root_loader
+        # The issuance policy, asked once more right before each signature.
+        self.names_policy = names_policy
+        self.weak_keys = weak_keys
 
     @classmethod
     def load_or_create(
@@ -122,4 +130,6 @@ class BuiltinCa:
             not_after=request.not_after,
             validation_level=parse_validation_level(request.validation_level),
             organization=request.organization,
+            names_policy=self.names_policy,
+            weak_keys=self.weak_keys,
         )

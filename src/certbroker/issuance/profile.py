@@ -17,6 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from certbroker.issuance.validity import max_leaf_validity, validity_period
+from certbroker.pki.names import classify_name
+from certbroker.policy.keys import WeakKeyList, check_key
+from certbroker.policy.names import DEFAULT_POLICY, NamePolicy, check_name
 
 if TYPE_CHECKING:
     from certbroker.issuance.hierarchy import Issuer
@@ -37,9 +40,6 @@ EV_BUSINESS_CATEGORIES = frozenset(
     {"Private Organization", "Government Entity", "Business Entity", "Non-Commercial Entity"}
 )
 
-MIN_RSA_BITS = 2048
-ALLOWED_CURVES = ("secp256r1", "secp384r1")
-
 # X.520 upper bounds (RFC 5280 Appendix A) for the attributes we emit.
 _MAX_LENGTHS: dict[str, int] = {
     "organization name": 64,
@@ -50,8 +50,6 @@ _MAX_LENGTHS: dict[str, int] = {
     "registration number": 64,
 }
 
-_LDH_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_RESERVED_LABEL = re.compile(r"^(?P<tag>..)--(?P<rest>.+)$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _PRINTABLE = re.compile(r"^[A-Za-z0-9 '()+,\-./:=?]+$")  # X.680 PrintableString
 
@@ -88,65 +86,29 @@ def new_serial() -> int:
             return serial
 
 
-def _check_dns_name(name: str) -> str:
-    """BR 7.1.2.7.12: an FQDN, optionally a wildcard, of LDH labels (IDNs as A-labels)."""
-    if not name.isascii():
-        raise ValueError(
-            f"DNS name {name!r} is not ASCII; internationalized names must be A-labels"
-        )
-    lowered = name.lower()
-    host = lowered[2:] if lowered.startswith("*.") else lowered
-    if len(lowered) > 253:
-        raise ValueError(f"DNS name {name!r} is longer than 253 characters")
-    labels = host.split(".")
-    if len(labels) < 2:
-        raise ValueError(f"DNS name {name!r} is not a fully qualified domain name")
-    for label in labels:
-        if not _LDH_LABEL.match(label):
-            raise ValueError(f"DNS name {name!r} has an invalid label {label!r}")
-        reserved = _RESERVED_LABEL.match(label)
-        if reserved is None:
-            continue
-        if reserved["tag"] != "xn":
-            raise ValueError(f"DNS name {name!r} has a reserved label {label!r}")
-        try:
-            reserved["rest"].encode("ascii").decode("punycode")
-        except UnicodeError:
-            raise ValueError(f"DNS name {name!r} has an invalid A-label {label!r}") from None
-    return lowered
-
-
 def _general_names(
-    names: Sequence[str], level: ValidationLevel
+    names: Sequence[str], level: ValidationLevel, policy: NamePolicy
 ) -> tuple[list[GeneralNameEntry], list[str]]:
-    """The SAN entries and their text forms, deduplicated, in the order given."""
+    """The SAN entries and their text forms, deduplicated, in the order given. Every name passes
+    the name policy again (BR 7.1.2.7.12: no Internal Name, no Reserved IP Address), whatever
+    path it came by."""
     entries: list[GeneralNameEntry] = []
     texts: list[str] = []
     for raw in names:
-        name = raw.strip()
-        if not name:
-            raise ValueError("empty name in the certificate's name list")
+        text = check_name(raw, policy)
         entry: GeneralNameEntry
-        try:
-            ip = ipaddress.ip_address(name)
-        except ValueError:
-            text = _check_dns_name(name)
-            if level == "ev" and text.startswith("*."):
-                raise ValueError(
-                    f"EV certificates cannot contain wildcard names (EV Guidelines 9.8.1): {name}"
-                ) from None
-            entry = x509.DNSName(text)
-        else:
+        if classify_name(text) == "ip":
             if level == "ev":
                 raise ValueError(
-                    f"EV certificates may contain DNS names only (EV Guidelines 9.8.1): {name}"
+                    f"EV certificates may contain DNS names only (EV Guidelines 9.8.1): {text}"
                 )
-            if not ip.is_global:
+            entry = x509.IPAddress(ipaddress.ip_address(text))
+        else:
+            if level == "ev" and text.startswith("*."):
                 raise ValueError(
-                    f"IP address {ip} is a reserved address and cannot be certified (BR 7.1.2.7.12)"
+                    f"EV certificates cannot contain wildcard names (EV Guidelines 9.8.1): {text}"
                 )
-            text = ip.compressed  # RFC 5952 form for IPv6, dotted quad for IPv4
-            entry = x509.IPAddress(ip)
+            entry = x509.DNSName(text)
         if text not in texts:
             texts.append(text)
             entries.append(entry)
@@ -225,24 +187,6 @@ def _subject(
     return x509.Name([x509.RelativeDistinguishedName([a]) for a in attrs])
 
 
-def _check_public_key(public_key: CertificatePublicKeyTypes) -> SubjectPublicKey:
-    """BR 6.1.5: RSA of at least 2048 bits (a multiple of 8) or ECDSA P-256 / P-384."""
-    if isinstance(public_key, rsa.RSAPublicKey):
-        bits = public_key.key_size
-        if bits < MIN_RSA_BITS:
-            raise ValueError(f"RSA key is {bits} bits; at least {MIN_RSA_BITS} required")
-        if bits % 8:
-            raise ValueError(f"RSA key is {bits} bits; the size must be a multiple of 8")
-        return public_key
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        if public_key.curve.name not in ALLOWED_CURVES:
-            raise ValueError(
-                f"ECDSA curve {public_key.curve.name} is not allowed; use P-256 or P-384"
-            )
-        return public_key
-    raise ValueError(f"{type(public_key).__name__} keys are not allowed; use RSA or ECDSA")
-
-
 def signature_hash(
     key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
 ) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512:
@@ -288,20 +232,26 @@ def build_leaf(
     not_after: datetime,
     validation_level: ValidationLevel,
     organization: SubjectOrganization | None,
+    names_policy: NamePolicy = DEFAULT_POLICY,
+    weak_keys: WeakKeyList | None = None,
 ) -> x509.Certificate:
     """Sign a TLS server certificate for `names` following BR 7.1.2.7.
 
-    Raises ValueError, with a message fit for the API client, when an input breaks the profile.
+    Raises ValueError, with a message fit for the API client, when an input breaks the profile
+    or the issuance policy (NameRefused, KeyRefused).
     """
     validation_level = parse_validation_level(validation_level)
     if not 0 < serial < 1 << 159:
         raise ValueError("serial number must be positive and fit in 20 octets (RFC 5280 4.1.2.2)")
-    key = _check_public_key(public_key)
+    check_key(public_key, weak_keys=weak_keys)  # BR 6.1.1.3, 6.1.5, 6.1.6
+    if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise ValueError(f"{type(public_key).__name__} keys are not allowed")  # pragma: no cover
+    key: SubjectPublicKey = public_key
     # X.509 time has whole seconds; check the values that will actually be encoded.
     not_before = not_before.replace(microsecond=0)
     not_after = not_after.replace(microsecond=0)
     _check_validity(issuer, not_before, not_after)
-    entries, texts = _general_names(names, validation_level)
+    entries, texts = _general_names(names, validation_level, names_policy)
 
     # BR 7.1.4.3: commonName, if present, repeats one SAN entry; it cannot exceed 64 characters.
     # It is NOT RECOMMENDED (BR 7.1.2.7.2) but kept because reseller panels and older server

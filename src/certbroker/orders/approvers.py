@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from certbroker.orders.errors import ApiError, Code
 from certbroker.pki.names import NameSyntaxError, classify_name, normalize_name
-from certbroker.validation.psl import parents_to_registrable
+from certbroker.policy.public_suffixes import parents_to_registrable
 
 LOCAL_PARTS = ("admin", "administrator", "webmaster", "hostmaster", "postmaster")
 

@@ -11,6 +11,8 @@ from certbroker.clock import Clock
 from certbroker.issuance.builtin import BuiltinCa
 from certbroker.pki.key_pool import KeyPool
 from certbroker.pki.secretbox import SecretBox
+from certbroker.policy.keys import WeakKeyList
+from certbroker.policy.names import DEFAULT_POLICY, NamePolicy
 from certbroker.store.db import Database
 
 
@@ -50,6 +52,10 @@ class Policy:
     smtp_port: int = 25
     smtp_from: str = "certbroker@example.com"
     public_url: str = "http://certbroker.example.com"
+    # The issuance policy's operator inputs (policy/): the name blocklist, and the published
+    # weak-key list when installed (None: only the checks that need no data run).
+    names: NamePolicy = DEFAULT_POLICY
+    weak_keys: WeakKeyList | None = field(default=None, compare=False)
 
 
 @dataclass

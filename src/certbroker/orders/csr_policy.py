@@ -1,9 +1,13 @@
-"""The CSR of an order: parsed, checked against domainInfo, or generated for the customer."""
+"""The key of an order: the customer's CSR parsed and checked against domainInfo and the key
+policy, or a key and CSR generated for the customer."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
+from certbroker.orders.context import OrdersContext
 from certbroker.orders.errors import ApiError, Code
 from certbroker.orders.params import OrderParams
 from certbroker.pki.csr import CsrError, ParsedCsr, build_csr, parse_csr
@@ -12,11 +16,13 @@ from certbroker.pki.keys import (
     KEY_SPECS,
     KeyFormatError,
     PrivateKey,
+    PublicKey,
     generate_private_key,
     load_private_key_pem,
     public_key_matches,
 )
-from certbroker.pki.names import NameSyntaxError, normalize_name
+from certbroker.policy.keys import key_refusal, spki_sha256
+from certbroker.store.compromised_keys import is_compromised
 
 
 @dataclass(frozen=True)
@@ -29,17 +35,31 @@ class OrderKey:
 
 
 def requested_names(params: OrderParams) -> list[str]:
-    out = []
-    for domain in params.domains:
-        try:
-            out.append(normalize_name(domain.name))
-        except NameSyntaxError as exc:
-            raise ApiError.invalid("domainInfo", str(exc)) from exc
-    return out
+    """The names the certificate will carry: domainInfo, already canonical (params.py)."""
+    return [domain.name for domain in params.domains]
 
 
-def check_customer_csr(params: OrderParams, names: list[str]) -> OrderKey:
-    """A customer's CSR: it parses, verifies, has an allowed key, and asks for no other names.
+def require_certifiable_key(
+    ctx: OrdersContext, public_key: PublicKey, field: str, session: Session | None = None
+) -> None:
+    """The key policy (policy/keys.py) with this CA's compromised-key list; ApiError(-1) under
+    `field` when the key may not be certified."""
+    digest = spki_sha256(public_key)
+    if session is not None:
+        compromised = is_compromised(session, digest)
+    else:
+        with ctx.db.read() as reader:
+            compromised = is_compromised(reader, digest)
+    problem = key_refusal(public_key, compromised=compromised, weak_keys=ctx.policy.weak_keys)
+    if problem is not None:
+        raise ApiError.invalid(field, problem.reason)
+
+
+def check_customer_csr(
+    ctx: OrdersContext, params: OrderParams, names: list[str], session: Session | None = None
+) -> OrderKey:
+    """A customer's CSR: it parses, verifies, has a key the policy allows, and asks for no
+    other names.
 
     The certificate carries the names of domainInfo (the validated ones); a CSR naming only the
     primary name, as `openssl req` makes by default, is therefore accepted, but a CSR name that
@@ -50,6 +70,7 @@ def check_customer_csr(params: OrderParams, names: list[str]) -> OrderKey:
         csr = parse_csr(params.csr)
     except CsrError as exc:
         raise ApiError.invalid("csr", str(exc)) from exc
+    require_certifiable_key(ctx, csr.public_key, "csr", session)
     wanted = set(names)
     stray = [name for name in csr.names if name not in wanted]
     if stray:

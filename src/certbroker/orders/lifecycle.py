@@ -21,6 +21,7 @@ from certbroker.orders.csr_policy import (
     check_customer_csr,
     generate_order_key,
     requested_names,
+    require_certifiable_key,
 )
 from certbroker.orders.dcv import mark_ready_if_complete
 from certbroker.orders.errors import ApiError, Code
@@ -217,7 +218,7 @@ def reissue(
             original_from_others=False,
             key_spec=None,
         )
-        key = check_customer_csr(params, names)
+        key = check_customer_csr(ctx, params, names)
     elif old_holds_key:
         # The platform held the key: a reissue is the moment to replace it.
         key = generate_order_key(
@@ -228,6 +229,8 @@ def reissue(
             key = OrderKey(csr=parse_csr(old_csr), private_key=None, generated=False, key_spec=None)
         except CsrError as exc:  # pragma: no cover - stored CSRs were checked at place
             raise ApiError(Code.UNEXPECTED, str(exc)) from exc
+        # The customer's key again: it may have been revoked for keyCompromise since.
+        require_certifiable_key(ctx, key.csr.public_key, "csr")
     try:
         with ctx.db.transaction() as session:
             old = load_order(session, account, cert_id, lock=True)
@@ -272,7 +275,7 @@ def replace(
         require_allowed(Operation.REPLACE, old.status)
         product = ctx.catalog.require(old.product_code)
         old_params = dict(old.apply_params)
-        params = parse_order_params(params_dict, product, replace=True)
+        params = parse_order_params(params_dict, product, replace=True, names=ctx.policy.names)
         names = requested_names(params)
         price = ctx.catalog.price_cents(product, old.years, names)
         if price > old.price_cents:
@@ -281,7 +284,7 @@ def replace(
                 f"the new names cost more than {old.cert_id} paid for; order the "
                 "extra names separately",
             )
-        key = check_customer_csr(params, names)
+        key = check_customer_csr(ctx, params, names, session)
         apply_params = params.to_apply_params()
         for kept in ("server", "organizationInfo", "Administrator", "tech", "finance"):
             if not apply_params.get(kept) and old_params.get(kept):

@@ -18,22 +18,24 @@ certbroker extension: `keyType` chooses the key the platform generates when no `
 configured default (`DEFAULT_KEY_TYPE` out of the box).
 
 Only the shape of a CSR is checked here ("-----BEGIN"); parsing, signature and key checks belong to
-the PKI layer. The domain-name check below is a conservative syntax check; the canonical one, with
-the public-suffix list, lives in the validation layer.
+the PKI layer and the key policy. Each domainName goes through the name policy (policy/names.py):
+it is refused with that policy's reason or carried on in canonical form (A-labels, lower case,
+no trailing dot), so a U-label such as `bücher.example` is accepted as `xn--bcher-kva.example`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, cast, overload
+from typing import Any, cast, overload
 
 from certbroker.catalog.catalog import DCV_METHODS, FILE_DCV_METHODS, Product, billable_names
 from certbroker.catalog.countries import is_country_code
 from certbroker.orders.approvers import LOCAL_PARTS, approver_addresses
 from certbroker.orders.errors import ApiError, Code, FieldErrors
+from certbroker.pki.names import NameKind, classify_name
+from certbroker.policy.names import DEFAULT_POLICY, NamePolicy, NameRefused
 
 __all__ = [
     "DCV_METHODS",
@@ -390,62 +392,12 @@ def _object(errs: _Errors, raw: object, field: str) -> dict[str, object] | None:
 
 # --- domain names ----------------------------------------------------------------------------
 
-NameKind = Literal["dns", "wildcard", "ip"]
-
-
-def _check_name(name: str) -> tuple[NameKind | None, str]:
-    """(kind, "") for a usable name, (None, reason) otherwise. Syntax only (RFC 1035 2.3.1,
-    RFC 5890 A-labels, BR 7.1.2.7.12 wildcard form). Reserved IP ranges, internal names and
-    public suffixes (BR 4.2.2, 3.2.2.6) are the canonical validation layer's job.
-    """
-    if "%" in name:
-        return None, "IPv6 zone identifiers (%...) are not allowed"
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        pass
-    else:
-        return "ip", ""
-    kind: NameKind = "dns"
-    host = name
-    if name.startswith("*."):
-        kind, host = "wildcard", name[2:]
-    if not name.isascii():
-        return None, "internationalised names must be sent in A-label (xn--) form"
-    if "*" in host:
-        return None, "a wildcard is only allowed as the whole leftmost label (*.example.com)"
-    if len(host) > 253:
-        return None, "the name is longer than 253 characters"
-    labels = host.split(".")
-    if any(not label for label in labels):
-        return None, "the name has an empty label (leading, trailing or double dot)"
-    if len(labels) < 2:
-        return None, "the name needs at least two labels" + (
-            " after the wildcard" if kind == "wildcard" else ""
-        )
-    for label in labels:
-        if len(label) > 63:
-            return None, f"label {label[:20]}... is longer than 63 characters"
-        if not all(c.isalnum() or c == "-" for c in label):
-            return None, f"label {label!r} may contain only letters, digits and hyphens"
-        if label[0] == "-" or label[-1] == "-":
-            return None, f"label {label!r} may not start or end with a hyphen"
-    if labels[-1].isdigit():
-        return None, "the top-level label cannot be numeric (not an IP address either)"
-    return kind, ""
-
-
 def approver_emails(name: str) -> list[str]:
     """Approver addresses for `name` (BR 3.2.2.4.4): the five local parts at the name and at
     each parent down to its registrable domain (Public Suffix List); for a wildcard, starting
     from its base domain. Empty for a public suffix. Same rule as orders/approvers.py.
     """
     return approver_addresses(name)
-
-
-def _name_key(name: str, kind: NameKind) -> str:
-    """Comparison form for duplicate detection (IPv6 has many spellings)."""
-    return str(ipaddress.ip_address(name)) if kind == "ip" else name
 
 
 def _dcv_method(errs: _Errors, value: str, field: str, product: Product) -> str | None:
@@ -461,7 +413,7 @@ def _dcv_method(errs: _Errors, value: str, field: str, product: Product) -> str 
 
 
 def _domains(
-    errs: _Errors, params: Mapping[str, object], product: Product
+    errs: _Errors, params: Mapping[str, object], product: Product, names: NamePolicy
 ) -> tuple[DomainRequest, ...]:
     global_method: str | None = None
     global_text = _text(errs, params, "dcvMethod", "dcvMethod")
@@ -509,18 +461,20 @@ def _domains(
             if f"{prefix}.domainName" not in errs:
                 errs.add(f"{prefix}.domainName", "domainName is required")
         else:
-            name = name.lower()
-            kind, problem = _check_name(name)
-            if kind is None:
-                errs.add(f"{prefix}.domainName", f"{name} is not a valid domain name: {problem}")
-            elif (key := _name_key(name, kind)) in seen:
-                errs.add(
-                    f"{prefix}.domainName",
-                    f"{name} is listed twice (domainInfo entries {seen[key]} and {i})",
-                )
-                kind = None
+            try:
+                name = names.check(name)  # canonical: A-labels, lower case, no trailing dot
+            except NameRefused as exc:
+                errs.add(f"{prefix}.domainName", exc.reason)
             else:
-                seen[key] = i
+                kind = classify_name(name)
+                if name in seen:
+                    errs.add(
+                        f"{prefix}.domainName",
+                        f"{name} is listed twice (domainInfo entries {seen[name]} and {i})",
+                    )
+                    kind = None
+                else:
+                    seen[name] = i
         entries.append((i, entry, name, kind))
 
     # pass 2: what the product accepts, then how each name is validated
@@ -561,7 +515,23 @@ def _domains(
         result.append(DomainRequest(name=name, dcv_method=method, dcv_email=email))
 
     _name_count(errs, accepted, product)
-    return tuple(result)
+    return _with_wildcard_bases(result)
+
+
+def _with_wildcard_bases(domains: list[DomainRequest]) -> tuple[DomainRequest, ...]:
+    """A wildcard certifies its base domain too (`*.example.com` and `example.com`, as the
+    commercial CAs sell them; the base takes no slot and costs nothing, catalog.billable_names).
+    A base not listed is added right after its wildcard, validated by the wildcard's method: the
+    DNS record and the approver addresses of `*.d` are those of `d` (BR 3.2.2.4)."""
+    listed = {d.name for d in domains}
+    out: list[DomainRequest] = []
+    for domain in domains:
+        out.append(domain)
+        base = domain.name[2:]
+        if domain.is_wildcard and base not in listed:
+            out.append(DomainRequest(base, domain.dcv_method, domain.dcv_email))
+            listed.add(base)
+    return tuple(out)
 
 
 def _entry_method(
@@ -803,12 +773,18 @@ def _flag(errs: _Errors, params: Mapping[str, object], key: str) -> bool:
 
 
 def parse_order_params(
-    raw: object, product: Product, *, csr_required: bool = False, replace: bool = False
+    raw: object,
+    product: Product,
+    *,
+    csr_required: bool = False,
+    replace: bool = False,
+    names: NamePolicy = DEFAULT_POLICY,
 ) -> OrderParams:
     """Decode and check `params` for an order of `product` (SPEC 3.1-3.4, Appendix G).
 
     `csr_required`: renew (SPEC 4.8). `replace` (SPEC 4.7): the csr is required, while `server`,
     `organizationInfo` and contacts become optional (checked when sent).
+    `names`: the name policy (policy/names.py) every domainName must pass.
     Raises ApiError(-1, {field: [messages]}) listing every problem found.
     """
     params = decode_params(raw)
@@ -829,7 +805,7 @@ def parse_order_params(
     server = _server(errs, params, required=not replace)
     unique_value = _unique_value(errs, params)
     original = _flag(errs, params, "originalfromOthers")
-    domains = _domains(errs, params, product)
+    domains = _domains(errs, params, product, names)
     # Appendix G: OV/EV need the organisation and all three contacts; DV may send them.
     # (replace sends them only to change them, but what is sent must be complete)
     complete = product.validation_type != "dv"
@@ -870,7 +846,7 @@ def parse_dcv_choice(
         errs.add("dcvMethod", f"dcvMethod is required; use one of {', '.join(product.dcv_methods)}")
     elif text is not None:
         method = _dcv_method(errs, text, "dcvMethod", product)
-    kind, _problem = _check_name(name)
+    kind = classify_name(name)  # a name of the order: checked when it was placed
     email = None
     if method is not None:
         if kind == "wildcard" and method in FILE_DCV_METHODS:

@@ -133,7 +133,7 @@ def check_order(
         raise ApiError(Code.PRODUCT, str(exc)) from exc
     years = parse_years(years_raw, product)
     params_dict = decode_params(raw_params)
-    params = parse_order_params(params_dict, product)
+    params = parse_order_params(params_dict, product, names=ctx.policy.names)
     names = requested_names(params)
     try:
         price = ctx.catalog.price_cents(product, years, names)
@@ -151,7 +151,7 @@ def check_order(
 
 def _order_key(ctx: OrdersContext, checked: CheckedOrder) -> OrderKey:
     if checked.params.csr:
-        return check_customer_csr(checked.params, checked.names)
+        return check_customer_csr(ctx, checked.params, checked.names)
     return generate_order_key(
         checked.names,
         key_spec_for(checked.params, ctx.policy.default_key_spec),
@@ -175,7 +175,7 @@ def validate(
     """Run every check of place; charge nothing, store nothing (SPEC 4.1)."""
     checked = check_order(ctx, product_code, years, raw_params)
     if checked.params.csr:
-        check_customer_csr(checked.params, checked.names)
+        check_customer_csr(ctx, checked.params, checked.names)
     else:
         key_spec_for(checked.params, ctx.policy.default_key_spec)
     with ctx.db.read() as session:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from .keys import PrivateKey, PublicKey, describe_key, key_policy_violation
+from .keys import PrivateKey, PublicKey, describe_key
 from .names import NameSyntaxError, classify_name, normalize_name
 
 MAX_CSR_PEM_BYTES: Final = 32 * 1024
@@ -189,11 +189,9 @@ def _public_key(csr: x509.CertificateSigningRequest) -> PublicKey:
             "CSR public key algorithm is not supported; use RSA (2048-8192 bits) "
             "or ECDSA P-256/P-384"
         ) from exc
-    problem = key_policy_violation(key)
-    if problem is not None:
-        raise CsrError(problem)
-    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):  # pragma: no cover
-        raise CsrError(f"{describe_key(key)} keys are not supported")
+    # Sizes, curves and exponents are the key policy's (certbroker.policy.keys).
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise CsrError(f"{describe_key(key)} keys are not supported; use RSA or ECDSA")
     return key
 
 

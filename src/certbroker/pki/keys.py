@@ -1,9 +1,6 @@
-"""Private key generation, (de)serialisation and the key policy.
-
-Only the key types the Baseline Requirements allow for TLS subscriber certificates are accepted
-(BR 6.1.5): RSA with a modulus of at least 2048 bits that is a multiple of 8, and ECDSA on
-NIST P-256 or P-384. RSA above 8192 bits is refused as well: such keys buy no security here and
-make every signature check slow.
+"""Private key generation and (de)serialisation, for the key types certbroker handles (RSA,
+ECDSA). Which sizes, curves and exponents may be certified is the key policy's
+(certbroker.policy.keys), asked by the orders layer and the certificate profile.
 """
 
 from __future__ import annotations
@@ -28,8 +25,6 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 KEY_SPECS: Final = ("rsa2048", "rsa3072", "rsa4096", "ec256", "ec384")
 
-RSA_MIN_BITS: Final = 2048
-RSA_MAX_BITS: Final = 8192
 # A PEM private key of the largest accepted size (RSA 8192) is about 6.5 KB.
 MAX_KEY_PEM_BYTES: Final = 64 * 1024
 
@@ -38,7 +33,6 @@ _KEY_LABELS: Final = frozenset(
     {"PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "DSA PRIVATE KEY"}
 )
 _CURVE_NAMES: Final = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
-_ALLOWED_CURVES: Final = frozenset({"secp256r1", "secp384r1"})
 _SPECS: Final[dict[str, int | ec.EllipticCurve]] = {
     "rsa2048": 2048,
     "rsa3072": 3072,
@@ -95,29 +89,12 @@ def describe_key(public_key: PublicKeyTypes | PrivateKeyTypes) -> str:
     return type(key).__name__
 
 
-def key_policy_violation(public_key: PublicKeyTypes) -> str | None:
-    """Why ``public_key`` may not be certified, or ``None`` when it is acceptable (BR 6.1.5)."""
-    if isinstance(public_key, rsa.RSAPublicKey):
-        bits = public_key.key_size
-        if bits < RSA_MIN_BITS:
-            return f"RSA key is {bits} bits; at least {RSA_MIN_BITS} required"
-        if bits > RSA_MAX_BITS:
-            return f"RSA key is {bits} bits; at most {RSA_MAX_BITS} supported"
-        if bits % 8:
-            return f"RSA key is {bits} bits; the size must be a multiple of 8 (BR 6.1.5)"
-        # BR 6.1.6 (odd exponent >= 3) needs no check: cryptography refuses other exponents.
-        return None
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        curve = public_key.curve.name
-        if curve not in _ALLOWED_CURVES:
-            label = _curve_label(public_key.curve)
-            shown = label if label == curve else f"{label} ({curve})"
-            return f"EC key uses curve {shown}; only P-256 and P-384 are accepted"
-        return None
-    return (
-        f"{describe_key(public_key)} keys are not supported; "
-        "use RSA (2048-8192 bits) or ECDSA P-256/P-384"
-    )
+def _supported(key: PrivateKeyTypes) -> PrivateKey:
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise KeyFormatError(
+            f"{describe_key(key)} keys are not supported; use RSA or ECDSA"
+        )
+    return key
 
 
 def _pem_label(data: bytes) -> str | None:
@@ -168,12 +145,7 @@ def load_private_key_pem(pem: str | bytes, *, trusted: bool = False) -> PrivateK
         raise KeyFormatError(
             f"private key does not parse ({label} block is corrupted or inconsistent)"
         ) from exc
-    problem = key_policy_violation(key.public_key())
-    if problem is not None:
-        raise KeyFormatError(problem)
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):  # pragma: no cover
-        raise KeyFormatError(f"{describe_key(key)} keys are not supported")
-    return key
+    return _supported(key)
 
 
 def public_key_matches(key: PrivateKey, public_key: PublicKeyTypes) -> bool:

@@ -3,18 +3,19 @@
 Only syntax lives here; which names a product or policy allows (public suffixes, private IP
 ranges, ...) is decided elsewhere.
 
-Internationalised names are converted with the standard library's ``encodings.idna`` codec,
-which implements IDNA 2003 (RFC 3490 nameprep), not IDNA 2008 (RFC 5891). The two differ for a
-few characters only (e.g. IDNA 2003 maps "ß" to "ss" where IDNA 2008 keeps it); this is an
-accepted simplification, not an oversight.
+Internationalised names follow IDNA 2008 (RFC 5890-5893) with the UTS 46 mapping, through the
+`idna` package: U-labels are mapped (case, full-width dots) and converted to A-labels, and an
+A-label is accepted only when it decodes to a valid IDNA 2008 U-label and encodes back to
+itself. Names are carried as A-labels everywhere after this point (RFC 5280 7.2, BR 7.1.2.7.12).
 """
 
 from __future__ import annotations
 
-import encodings.idna
 import ipaddress
 import re
 from typing import Final, Literal
+
+import idna
 
 NameKind = Literal["dns", "wildcard", "ip"]
 
@@ -24,23 +25,18 @@ MAX_LABEL_LENGTH: Final = 63  # RFC 1035 2.3.4
 # Letters, digits and hyphens (RFC 1034 3.5 "preferred name syntax", RFC 5280 4.2.1.6).
 # Underscores are not allowed in dNSName entries (BR 7.1.2.7.12).
 _LDH_LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
-# IDNA 2003 (RFC 3490 3.1) treats these as label separators too.
-_DOTS: Final = re.compile("[.\u3002\uff0e\uff61]")
 
 
 class NameSyntaxError(ValueError):
     """A domain name or IP address is syntactically invalid."""
 
 
-def _to_a_label(label: str, name: str) -> str:
-    if label.isascii():
-        return label
+def _to_a_labels(text: str) -> str:
+    """UTS 46 mapping and IDNA 2008 conversion of a name with non-ASCII characters."""
     try:
-        return encodings.idna.ToASCII(label).decode("ascii")
-    except UnicodeError as exc:
-        raise NameSyntaxError(
-            f"{name!r}: label {label!r} cannot be converted to an IDNA A-label ({exc})"
-        ) from exc
+        return idna.encode(text, uts46=True, transitional=False).decode("ascii")
+    except idna.IDNAError as exc:
+        raise NameSyntaxError(f"{text!r} is not a valid IDNA 2008 name ({exc})") from exc
 
 
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -57,7 +53,7 @@ def normalize_name(raw: str) -> str:
     """Canonical form of a requested name, validated with :func:`classify_name`.
 
     Strips surrounding whitespace and one trailing dot, lower-cases, converts U-labels to
-    A-labels (IDNA 2003, see module docstring) and writes IP addresses in their canonical text
+    A-labels (IDNA 2008 with UTS 46 mapping) and writes IP addresses in their canonical text
     form (``2001:DB8:0::1`` -> ``2001:db8::1``).
     """
     text = raw.strip()
@@ -66,13 +62,15 @@ def normalize_name(raw: str) -> str:
     ip = _parse_ip(text)
     if ip is not None:
         return str(ip)
+    if not text.isascii():
+        wildcard = text.startswith("*.")
+        text = ("*." if wildcard else "") + _to_a_labels(text[2:] if wildcard else text)
     text = text.lower()
     if text.endswith("."):
         text = text[:-1]
     if not text:
         raise NameSyntaxError(f"{raw.strip()!r} is not a domain name")
-    labels = _DOTS.split(text)
-    name = ".".join(_to_a_label(label, text) for label in labels)
+    name = text
     classify_name(name)
     return name
 
@@ -96,21 +94,15 @@ def _check_label(label: str, name: str) -> None:
             "are allowed (RFC 1034 3.5, BR 7.1.2.7.12)"
         )
     if label.startswith("xn--"):
-        # An A-label must be valid punycode of a non-ASCII, printable U-label and re-encode to
-        # itself (RFC 3492, RFC 5891 5.4; BR calls such labels P-Labels). No IDNA 2003
-        # round trip here: it would refuse valid IDNA 2008 labels such as xn--zca ("ß").
+        # An A-label must decode to a valid IDNA 2008 U-label and encode back to itself
+        # (RFC 5891 5.4; BR 7.1.2.7.12 calls other xn-- labels Fake A-labels).
         try:
-            u_label = label[4:].encode("ascii").decode("punycode")
-            valid = (
-                not u_label.isascii()
-                and u_label.isprintable()
-                and u_label.encode("punycode").decode("ascii") == label[4:]
-            )
-        except UnicodeError:
+            valid = idna.encode(idna.decode(label)).decode("ascii") == label
+        except (idna.IDNAError, UnicodeError):
             valid = False
         if not valid:
             raise NameSyntaxError(
-                f"{name!r}: label {label!r} is not a valid punycode A-label (RFC 3492)"
+                f"{name!r}: label {label!r} is not a valid IDNA 2008 A-label (RFC 5891 5.4)"
             )
     elif label[2:4] == "--":
         # RFC 5891 4.2.3.1: hyphens in positions 3-4 are reserved for IDNA prefixes.

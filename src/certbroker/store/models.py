@@ -373,3 +373,16 @@ class RevocationList(Base):
 
 # The CRL refresh reads the revoked certificates on every worker pass: only those, not the table.
 Index("ix_certificates_revoked", Certificate.revoked_at)
+
+
+class CompromisedKey(Base):
+    """A public key never to be certified again (BR 6.1.1.3): revoked for keyCompromise in any
+    account, or added by the operator (`certbroker policy block-key`)."""
+
+    __tablename__ = "compromised_keys"
+    # Hex SHA-256 of the DER SubjectPublicKeyInfo (policy.keys.spki_sha256).
+    spki_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))  # revocation | operator
+    # The certificate revoked for keyCompromise (revocation), or the operator's note.
+    note: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]

@@ -19,7 +19,7 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from certbroker.validation.psl import parents_to_registrable
+from certbroker.policy.public_suffixes import parents_to_registrable
 from certbroker.validation.resolver import Lookup, dns_resolver, failure_reason, lookup
 from certbroker.validation.results import CheckResult
 

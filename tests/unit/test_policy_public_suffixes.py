@@ -6,7 +6,11 @@ import pytest
 
 from certbroker.orders import approvers, params
 from certbroker.orders.errors import ApiError
-from certbroker.validation.psl import is_public_suffix, parents_to_registrable, registrable_domain
+from certbroker.policy.public_suffixes import (
+    is_public_suffix,
+    parents_to_registrable,
+    registrable_domain,
+)
 
 
 @pytest.mark.parametrize(
