@@ -408,6 +408,7 @@ def test_domain_name_stripped_and_lower_cased() -> None:
 )
 def test_domain_name_syntax(name: str, reason: str) -> None:
     errors = errors_of(dv(domainInfo=names(name)))
+    assert isinstance(errors, dict)
     assert list(errors) == ["domainInfo.0.domainName"]
     (message,) = errors["domainInfo.0.domainName"]
     assert reason in message
