@@ -22,9 +22,19 @@ from certbroker.api.limits import ApiGuard, ApiLimits
 from certbroker.api.racent.routes import configure_limits
 from certbroker.app import create_app
 from certbroker.clock import SystemClock
-from certbroker.orders import accounts, audit, cancelling, ledger, webhook_settings
+from certbroker.orders import (
+    accounts,
+    audit,
+    cancelling,
+    compromised_keys,
+    ledger,
+    webhook_settings,
+)
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.errors import ApiError
+from certbroker.policy import public_suffixes
+from certbroker.policy.names import refusal as name_refusal
+from certbroker.policy.names import well_formed
 from certbroker.settings import Settings
 from certbroker.store.db import Database
 from certbroker.worker.runner import run_until_signalled
@@ -525,4 +535,55 @@ def webhook_deliveries(
             "" if item.last_attempt_at is None else f"{item.last_attempt_at:%Y-%m-%d %H:%M:%S}",
             item.last_error or "",
         )
+    out.print(table)
+
+
+policy_app = typer.Typer(
+    no_args_is_help=True, help="Issuance policy: which names and keys may be certified"
+)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("check")
+def policy_check(names: list[str]) -> None:
+    """Say for each name whether this CA may certify it, and by which rule it may not."""
+    settings = Settings()
+    name_policy, _weak = bootstrap.issuance_policy(settings)
+    table = Table("name", "canonical", "verdict")
+    refused = False
+    for raw in names:
+        problem = name_refusal(raw, name_policy)
+        if problem is None:
+            table.add_row(raw, well_formed(raw), "[green]may be certified[/green]")
+        else:
+            refused = True
+            table.add_row(raw, "-", f"[red]{problem.rule}[/red]: {problem.reason}")
+    out.print(table)
+    out.print(f"Public Suffix List: {public_suffixes.list_file()}")
+    if refused:
+        raise typer.Exit(code=1)
+
+
+@policy_app.command("block-key")
+def policy_block_key(
+    pem_file: Annotated[
+        typer.FileBinaryRead, typer.Argument(help="PEM certificate, CSR, public or private key")
+    ],
+    note: Annotated[str, typer.Option(help="Why the key is compromised")] = "",
+) -> None:
+    """Refuse a key for every later order, reissue and CSR (BR 6.1.1.3)."""
+    try:
+        blocked = compromised_keys.block_key(_db(), pem_file.read(), note, SystemClock().now())
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    state = "added to" if blocked.added else "already on"
+    out.print(f"key SPKI SHA-256 {blocked.spki_sha256} {state} the compromised-key list")
+
+
+@policy_app.command("blocked-keys")
+def policy_blocked_keys() -> None:
+    """The compromised-key list."""
+    table = Table("SPKI SHA-256", "source", "note", "added (UTC)")
+    for digest, source, note, added in compromised_keys.list_blocked(_db()):
+        table.add_row(digest, source, note, f"{added:%Y-%m-%d %H:%M}")
     out.print(table)

@@ -46,7 +46,13 @@ from certbroker.store.db import lock_row
 from certbroker.store.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from certbroker.validation.http_file import Resolver
 from certbroker.validation.resolver import make_address_resolver
-from certbroker.validation.safe_addresses import AddressPolicy, IPAddress, parse_ip, valid_host
+from certbroker.validation.safe_addresses import (
+    AddressPolicy,
+    IPAddress,
+    ascii_host,
+    parse_ip,
+    valid_host,
+)
 
 log = structlog.get_logger("certbroker.webhooks")
 
@@ -111,7 +117,7 @@ def parse_callback_url(text: str) -> httpx.URL:
         raise ValueError(f"not a valid URL: {exc}") from exc
     if url.scheme not in ("http", "https"):
         raise ValueError("the URL must start with https:// or http://")
-    if not url.host or not valid_host(url.host):
+    if not url.raw_host or not valid_host(ascii_host(url)):
         raise ValueError("the URL needs a valid host name or IP address")
     if url.userinfo:
         raise ValueError("the URL must not hold a user name or password")
@@ -133,7 +139,7 @@ def _resolver(address: str | None, timeout: float) -> Resolver:
 async def checked_addresses(url: httpx.URL, policy: Policy) -> list[IPAddress]:
     """Every address of the URL's host, if all are allowed; else DestinationError."""
     rules = _address_policy(policy.dcv_allow_networks)
-    host = url.host
+    host = ascii_host(url)
     literal = parse_ip(host)
     if literal is not None:
         answers: Sequence[str] = [host]
@@ -222,7 +228,7 @@ async def _exchange(url: httpx.URL, ip: IPAddress, body: bytes, headers: dict[st
     # Connect to the checked address; the name only travels in Host and the TLS server name
     # (which is also what the certificate is verified against).
     by_address = httpx.URL(scheme=url.scheme, host=str(ip), port=url.port, raw_path=url.raw_path)
-    tls_name = {} if parse_ip(url.host) else {"sni_hostname": url.host}
+    tls_name = {} if parse_ip(ascii_host(url)) else {"sni_hostname": ascii_host(url)}
     async with httpx.AsyncClient(
         verify=ssl.create_default_context(),
         trust_env=False,  # a proxy variable must not route customer URLs elsewhere

@@ -21,6 +21,7 @@ from certbroker.orders.events import record_event
 from certbroker.orders.refunds import settle_failure
 from certbroker.orders.states import VALIDATING, Status
 from certbroker.pki import dcv_values
+from certbroker.policy.names import refusal as name_refusal
 from certbroker.store.db import lock_row
 from certbroker.store.models import Order, OrderName, UtcDateTime
 from certbroker.validation.dns_checks import check_cname
@@ -136,6 +137,10 @@ def _resolver(address: str | None, timeout: float) -> Resolver:
 
 async def run_check(ctx: OrdersContext, check: NameCheck) -> CheckResult:
     policy = ctx.policy
+    refused = name_refusal(check.name, policy.names)
+    if refused is not None:
+        # Placed before a policy change (a new blocklist entry or PSL): never contacted.
+        return CheckResult(ok=False, detail=refused.reason)
     if check.method in FILE_METHODS:
         return await check_http_file(
             check.name,

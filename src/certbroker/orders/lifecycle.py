@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -38,13 +39,16 @@ from certbroker.orders.states import Operation, Status, require_allowed
 from certbroker.orders.views import load_order
 from certbroker.pki.csr import CsrError, parse_csr
 from certbroker.pki.keys import private_key_to_pem
+from certbroker.policy.keys import spki_sha256
+from certbroker.store import compromised_keys
 from certbroker.store.models import Certificate, Order, OrderName
 
+KEY_COMPROMISE = 1  # RFC 5280 5.3.1
 # RFC 5280 5.3.1 CRLReason values a subscriber may ask for (BR 7.2.2: keyCompromise,
 # affiliationChanged, superseded, cessationOfOperation, or none = unspecified).
 SUBSCRIBER_REASONS = {
     "unspecified": 0,
-    "keyCompromise": 1,
+    "keyCompromise": KEY_COMPROMISE,
     "affiliationChanged": 3,
     "superseded": 4,
     "cessationOfOperation": 5,
@@ -332,6 +336,16 @@ def revoke_certificates(session: Session, order: Order, reason: int, now: dateti
     for cert in rows:
         cert.revoked_at = now
         cert.revocation_reason = reason
+        if reason == KEY_COMPROMISE and cert.pem:
+            # BR 6.1.1.3: the key is refused for every later order, in every account.
+            public_key = x509.load_pem_x509_certificate(cert.pem.encode("ascii")).public_key()
+            compromised_keys.add(
+                session,
+                spki_sha256(public_key),
+                source="revocation",
+                note=f"{order.cert_id} serial {cert.serial_hex} revoked for keyCompromise",
+                now=now,
+            )
     return len(rows)
 
 

@@ -35,7 +35,13 @@ from typing import Literal
 import httpx
 
 from certbroker.validation.results import CheckResult
-from certbroker.validation.safe_addresses import AddressPolicy, IPAddress, parse_ip, valid_host
+from certbroker.validation.safe_addresses import (
+    AddressPolicy,
+    IPAddress,
+    ascii_host,
+    parse_ip,
+    valid_host,
+)
 
 WELL_KNOWN_DIR = "/.well-known/pki-validation/"
 
@@ -104,9 +110,9 @@ async def check_http_file(
             port=http_port if scheme == "http" else https_port,
             path=WELL_KNOWN_DIR + file_name,
         )
-    except httpx.InvalidURL as exc:
+    except (httpx.InvalidURL, UnicodeError) as exc:
         return CheckResult(False, f"invalid domain name '{_excerpt(name)}': {exc}")
-    if not valid_host(url.host):
+    if not valid_host(ascii_host(url)):
         return CheckResult(False, f"invalid domain name '{_excerpt(name)}'")
 
     fetcher = _Fetcher(
@@ -161,10 +167,10 @@ class _Fetcher:
 
     async def fetch(self, url: httpx.URL) -> _Body | _Redirect | CheckResult:
         shown = str(url)
-        stage = f"resolving {url.host} for {shown}"
+        stage = f"resolving {ascii_host(url)} for {shown}"
         try:
             async with asyncio.timeout(self.timeout):
-                addresses = await self._checked_addresses(url.host)
+                addresses = await self._checked_addresses(ascii_host(url))
                 if isinstance(addresses, str):
                     return CheckResult(False, addresses, shown)
                 stage = f"fetching {shown}"
@@ -217,7 +223,7 @@ class _Fetcher:
         by_address = httpx.URL(
             scheme=url.scheme, host=str(ip), port=url.port, raw_path=url.raw_path
         )
-        sni = {} if parse_ip(url.host) else {"sni_hostname": url.host}
+        sni = {} if parse_ip(ascii_host(url)) else {"sni_hostname": ascii_host(url)}
         client = _client()
         request = client.build_request(
             "GET",
@@ -284,11 +290,14 @@ def _redirect_target(
         port = _port_of(joined)
         # Rebuilt from parts: drops user:password and the fragment, neither is sent.
         target = httpx.URL(
-            scheme=joined.scheme, host=joined.host, port=joined.port, raw_path=joined.raw_path
+            scheme=joined.scheme,
+            host=ascii_host(joined),
+            port=joined.port,
+            raw_path=joined.raw_path,
         )
-    except httpx.InvalidURL:
+    except (httpx.InvalidURL, UnicodeError):
         return _fail(f"invalid redirect target '{_excerpt(location)}' at {current}", current)
-    if not valid_host(target.host):
+    if not valid_host(ascii_host(target)):
         return _fail(f"invalid redirect target '{_excerpt(location)}' at {current}", current)
     if port not in ports:
         return _fail(f"redirect to port {port} refused (only {_and_list(ports)})", target)

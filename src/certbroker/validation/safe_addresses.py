@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
+import httpx
+
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
@@ -148,6 +150,12 @@ def parse_ip(host: str) -> IPAddress | None:
         return ip_address(host)
     except ValueError:
         return None
+
+
+def ascii_host(url: httpx.URL) -> str:
+    """The host as it goes on the wire: A-labels (httpx's `.host` gives U-labels, and raises on
+    an A-label that is not valid IDNA), or the bare IP literal."""
+    return url.raw_host.decode("ascii")
 
 
 def valid_host(host: str) -> bool:
