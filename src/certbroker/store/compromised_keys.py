@@ -29,8 +29,9 @@ def add(
         dialect.insert(CompromisedKey)
         .values(spki_sha256=spki_sha256, source=source, note=note[:255], created_at=now)
         .on_conflict_do_nothing(index_elements=["spki_sha256"])
+        .returning(CompromisedKey.spki_sha256)
     )
-    return connection.execute(statement).rowcount == 1
+    return connection.execute(statement).first() is not None
 
 
 def listed(session: Session | Connection) -> list[CompromisedKey]:
