@@ -7,6 +7,7 @@ import json
 import pytest
 
 from certbroker.catalog.catalog import Catalog, Product
+from certbroker.orders.approvers import approver_addresses
 from certbroker.orders.errors import ApiError, Code
 from certbroker.orders.params import (
     DCV_METHODS,
@@ -14,7 +15,6 @@ from certbroker.orders.params import (
     Contact,
     DomainRequest,
     Organization,
-    approver_emails,
     decode_json_field,
     decode_params,
     parse_order_params,
@@ -580,8 +580,8 @@ def email_entry(name: str, email: object) -> list[dict[str, object]]:
     return [{"domainName": name, "dcvMethod": "EMAIL", "dcvEmail": email}]
 
 
-def test_approver_emails() -> None:
-    assert approver_emails("www.example.com") == [
+def test_approver_addresses() -> None:
+    assert approver_addresses("www.example.com") == [
         "admin@www.example.com",
         "administrator@www.example.com",
         "webmaster@www.example.com",
@@ -593,8 +593,8 @@ def test_approver_emails() -> None:
         "hostmaster@example.com",
         "postmaster@example.com",
     ]
-    assert approver_emails("*.example.com") == approver_emails("example.com")
-    assert all(not e.endswith("@com") for e in approver_emails("a.b.example.com"))
+    assert approver_addresses("*.example.com") == approver_addresses("example.com")
+    assert all(not e.endswith("@com") for e in approver_addresses("a.b.example.com"))
 
 
 @pytest.mark.parametrize(

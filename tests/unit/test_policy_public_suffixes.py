@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from certbroker.orders import approvers, params
+from certbroker.orders import approvers
 from certbroker.orders.errors import ApiError
 from certbroker.policy.public_suffixes import (
     is_public_suffix,
@@ -70,7 +70,7 @@ def test_approver_domains_follow_the_psl() -> None:
     emails = approvers.approver_emails("shop.example.co.uk")
     assert "admin@example.co.uk" in emails
     assert not any(e.endswith("@co.uk") for e in emails)
-    assert params.approver_emails("user.github.io") == [
+    assert approvers.approver_addresses("user.github.io") == [
         f"{local}@user.github.io" for local in approvers.LOCAL_PARTS
     ]
 
@@ -78,5 +78,10 @@ def test_approver_domains_follow_the_psl() -> None:
 def test_public_suffix_has_no_approver() -> None:
     with pytest.raises(ApiError) as caught:
         approvers.approver_emails("co.uk")
-    assert caught.value.errors == {"domainName": ["co.uk is a public suffix and has no approver"]}
-    assert params.approver_emails("co.uk") == []
+    assert caught.value.errors == {
+        "domainName": [
+            "co.uk is a public suffix, shared by independent registrants; it cannot be certified "
+            "(BR 3.2.2.6)"
+        ]
+    }
+    assert approvers.approver_addresses("co.uk") == []

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from certbroker.orders.errors import ApiError, Code
-from certbroker.pki.names import NameSyntaxError, classify_name, normalize_name
+from certbroker.pki.names import classify_name
+from certbroker.policy.names import DEFAULT_POLICY, NamePolicy, NameRefused
 from certbroker.policy.public_suffixes import parents_to_registrable
 
 LOCAL_PARTS = ("admin", "administrator", "webmaster", "hostmaster", "postmaster")
@@ -22,15 +23,15 @@ def approver_addresses(name: str) -> list[str]:
     return [f"{local}@{domain}" for domain in approver_domains(name) for local in LOCAL_PARTS]
 
 
-def approver_emails(raw_domain: object) -> list[str]:
+def approver_emails(raw_domain: object, names: NamePolicy = DEFAULT_POLICY) -> list[str]:
+    """DCVemail (SPEC 4.15): the addresses for a name this CA would certify."""
     if not isinstance(raw_domain, str) or not raw_domain.strip():
         raise ApiError(Code.INVALID, {"domainName": ["domainName is required"]})
     try:
-        name = normalize_name(raw_domain)
-        kind = classify_name(name)
-    except NameSyntaxError as exc:
-        raise ApiError.invalid("domainName", str(exc)) from exc
-    if kind == "ip":
+        name = names.check(raw_domain)
+    except NameRefused as exc:
+        raise ApiError.invalid("domainName", exc.reason) from exc
+    if classify_name(name) == "ip":
         raise ApiError.invalid("domainName", "IP addresses cannot be validated by e-mail")
     emails = approver_addresses(name)
     if not emails:

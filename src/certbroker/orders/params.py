@@ -45,7 +45,6 @@ __all__ = [
     "DomainRequest",
     "OrderParams",
     "Organization",
-    "approver_emails",
     "decode_json_field",
     "decode_params",
     "parse_order_params",
@@ -392,14 +391,6 @@ def _object(errs: _Errors, raw: object, field: str) -> dict[str, object] | None:
 
 # --- domain names ----------------------------------------------------------------------------
 
-def approver_emails(name: str) -> list[str]:
-    """Approver addresses for `name` (BR 3.2.2.4.4): the five local parts at the name and at
-    each parent down to its registrable domain (Public Suffix List); for a wildcard, starting
-    from its base domain. Empty for a public suffix. Same rule as orders/approvers.py.
-    """
-    return approver_addresses(name)
-
-
 def _dcv_method(errs: _Errors, value: str, field: str, product: Product) -> str | None:
     method = value.upper()
     if method not in product.dcv_methods:
@@ -562,7 +553,7 @@ def _dcv_email(
     email = _text(errs, entry, "dcvEmail", field)
     if method != "EMAIL":
         return None  # clients send "" or a stale address for other methods
-    allowed = approver_emails(name)
+    allowed = approver_addresses(name)
     if not allowed:
         if field not in errs:
             errs.add(field, f"{name} is a public suffix; e-mail validation is not possible")

@@ -101,9 +101,9 @@ def dcv_email(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer
             "certId": sent.cert_id,
             "domainName": sent.domain,
             "dcvEmail": sent.email,
-            "emails": approver_emails(sent.domain),
+            "emails": approver_emails(sent.domain, ctx.policy.names),
         }, {}
-    return {"emails": approver_emails(domain)}, {}
+    return {"emails": approver_emails(domain, ctx.policy.names)}, {}
 
 
 def _legacy_dcv(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
