@@ -28,13 +28,12 @@ _source: Path = Path(PSLFILE)
 
 
 def use_list_file(path: Path | None) -> None:
-    """Read the list from `path` from now on (None: the package's bundled list)."""
+    """Read the list from `path` from now on (None: the package's bundled list). The file is
+    parsed first: one that does not parse raises and changes nothing."""
     global _source
     new = Path(path) if path is not None else Path(PSLFILE)
-    if new != _source:
-        _source = new
-        _lists.cache_clear()
-    _lists()  # parse now: a broken file stops start-up, not the first order
+    _parsed(new)
+    _source = new
 
 
 def list_file() -> Path:
@@ -42,14 +41,18 @@ def list_file() -> Path:
 
 
 @functools.cache
-def _lists() -> tuple[PublicSuffixList, PublicSuffixList]:
+def _parsed(path: Path) -> tuple[PublicSuffixList, PublicSuffixList]:
     """(both sections, ICANN only); unknown TLDs are not suffixes in the ICANN-only reading."""
-    text = _source.read_text("utf-8")
+    text = path.read_text("utf-8")
     if "===BEGIN ICANN DOMAINS===" not in text:
-        raise ValueError(f"{_source} is not a Public Suffix List (no ICANN section marker)")
+        raise ValueError(f"{path} is not a Public Suffix List (no ICANN section marker)")
     both = PublicSuffixList(text.splitlines())
     icann = PublicSuffixList(text.splitlines(), only_icann=True, accept_unknown=False)
     return both, icann
+
+
+def _lists() -> tuple[PublicSuffixList, PublicSuffixList]:
+    return _parsed(_source)
 
 
 def _psl() -> PublicSuffixList:
