@@ -228,3 +228,33 @@ def test_validation_is_reused_within_the_reuse_period(service: Service) -> None:
     assert late["reused"] is False
     assert late["is_verify"] == "verified", "checked again over HTTP"
     assert len(service.site.requests) > requests_before
+
+
+def test_the_base_of_a_wildcard_follows_its_method_changes(service: Service) -> None:
+    service.topup(500)
+    placed = service.call(
+        "place",
+        productCode="comodo-wildcard-ssl-certificate",
+        years=1,
+        params={
+            "server": "nginx",
+            "domainInfo": [{"domainName": "*.example.com", "dcvMethod": "CNAME_CSR_HASH"}],
+        },
+    )
+    assert placed["code"] == 1, placed
+    cert_id = placed["data"]["certId"]
+    listed = service.call("collect", certId=cert_id)["data"]["dcvList"]
+    assert [(d["domainName"], d["dcvMethod"]) for d in listed] == [
+        ("*.example.com", "CNAME_CSR_HASH"),
+        ("example.com", "CNAME_CSR_HASH"),
+    ]
+    # No domainName: the order has one name to choose, the wildcard; its base follows.
+    changed = service.call(
+        "updateDCV", certId=cert_id, dcvMethod="EMAIL", dcvEmail="admin@example.com"
+    )
+    assert changed["code"] == 1, changed
+    listed = service.call("collect", certId=cert_id)["data"]["dcvList"]
+    assert [(d["domainName"], d["dcvMethod"], d["dcvEmail"]) for d in listed] == [
+        ("*.example.com", "EMAIL", "admin@example.com"),
+        ("example.com", "EMAIL", "admin@example.com"),
+    ]

@@ -30,8 +30,9 @@ def _pending(session: Session, account: AccountRef, cert_id: object, op: Operati
 def _find_name(order: Order, raw: object, field: str = "domainName") -> OrderName:
     names = order.names
     if raw is None or (isinstance(raw, str) and not raw.strip()):
-        if len(names) == 1:
-            return names[0]
+        chosen = _leading_names(order)
+        if len(chosen) == 1:
+            return chosen[0]
         raise ApiError(Code.INVALID, {field: [f"{field} is required for a multi-domain order"]})
     try:
         wanted = normalize_name(str(raw))
@@ -56,9 +57,32 @@ def _apply_method(
         raise ApiError.invalid("domainName", f"{row.name} is already validated")
     product = ctx.catalog.require(order.product_code)
     choice = parse_dcv_choice(product, row.name, raw_method, raw_email)
-    row.dcv_method = choice.dcv_method
-    row.dcv_email = choice.dcv_email
-    schedule_now(row, now, f"dcvMethod set to {choice.dcv_method}; check queued")
+    base = _following_base(order, row)
+    for changed in (row,) if base is None else (row, base):
+        changed.dcv_method = choice.dcv_method
+        changed.dcv_email = choice.dcv_email
+        schedule_now(changed, now, f"dcvMethod set to {choice.dcv_method}; check queued")
+
+
+def _leading_names(order: Order) -> list[OrderName]:
+    """The names a client chooses among: a base domain that follows its wildcard is not one."""
+    followers = {id(b) for n in order.names if (b := _following_base(order, n)) is not None}
+    return [n for n in order.names if id(n) not in followers]
+
+
+def _following_base(order: Order, row: OrderName) -> OrderName | None:
+    """The base domain of wildcard `row` when it is validated the way the wildcard is (as when
+    place added it): it follows the wildcard's method changes (docs/API.md, wildcards)."""
+    if not row.name.startswith("*."):
+        return None
+    for other in order.names:
+        if (
+            other.name == row.name[2:]
+            and other.verified_at is None
+            and (other.dcv_method, other.dcv_email) == (row.dcv_method, row.dcv_email)
+        ):
+            return other
+    return None
 
 
 def schedule_now(row: OrderName, now: datetime, note: str) -> None:
@@ -118,7 +142,7 @@ def batch_update_dcv(
                 row = _find_name(order, item.get("domainName"), f"domainInfo.{i}.domainName")
                 _apply_method(ctx, order, row, item.get("dcvMethod"), item.get("dcvEmail"), now)
         elif method not in (None, ""):
-            if str(method).upper() == "EMAIL" and len(order.names) > 1:
+            if str(method).upper() == "EMAIL" and len(_leading_names(order)) > 1:
                 # SPEC 4.10: a multi-domain order cannot be switched to EMAIL in one go
                 raise ApiError.invalid(
                     "dcvMethod",
