@@ -59,6 +59,10 @@ class Settings(BaseSettings):
         default_factory=lambda: [60, 300, 900, 3600]
     )
     dcv_window_days: int = 30
+    # Checks in flight at once: in all, per account and per target (docs/SETTINGS.md).
+    dcv_max_checks: int = Field(default=50, ge=1)
+    dcv_max_per_account: int = Field(default=20, ge=1)
+    dcv_max_per_target: int = Field(default=2, ge=1)
     dcv_ca_domain: str = "sectigo.com"
 
     smtp_host: str = "127.0.0.1"
