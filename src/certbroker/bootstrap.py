@@ -44,6 +44,7 @@ def policy_from(settings: Settings) -> Policy:
         dcv_max_checks=settings.dcv_max_checks,
         dcv_max_per_account=settings.dcv_max_per_account,
         dcv_max_per_target=settings.dcv_max_per_target,
+        free_orders_per_day=settings.free_orders_per_day,
         cancel_refund_window=timedelta(days=settings.cancel_refund_days),
         utc_offset_hours=settings.api_utc_offset_hours,
         lease=timedelta(seconds=settings.worker_lease_seconds),
