@@ -85,24 +85,26 @@ def _due_names() -> Select[int, str, str, str, str | None, str | None, int]:
     is taken only while its ranks plus the names of its account (target) already leased stay
     within the caps. Taking the best ranks first gives every account its first name before any
     account its second. Names in flight are still due (`next_check_at` only moves when their
-    result is recorded), so one scan counts both.
+    result is recorded), so one scan counts both. Targets are ranked only among the names their
+    account's cap lets through (and those leased): sorting every due name by target as well
+    doubled the cost of a claim over a backlog of 10,000.
     """
     now = bindparam("now", type_=UtcDateTime)
     leased = OrderName.lease_until.is_not(None) & (OrderName.lease_until >= now)
     busy = case((leased, 1), else_=0)
-    oldest_first = (OrderName.next_check_at, OrderName.id)
-    ranked = (
+    by_account = (
         select(
             OrderName.id.label("id"),
+            OrderName.name.label("name"),
+            OrderName.next_check_at.label("due"),
             busy.label("busy"),
             func.row_number()
-            .over(partition_by=(Order.account_id, busy), order_by=oldest_first)
+            .over(
+                partition_by=(Order.account_id, busy),
+                order_by=(OrderName.next_check_at, OrderName.id),
+            )
             .label("account_rank"),
             func.sum(busy).over(partition_by=Order.account_id).label("account_busy"),
-            func.row_number()
-            .over(partition_by=(OrderName.name, busy), order_by=oldest_first)
-            .label("target_rank"),
-            func.sum(busy).over(partition_by=OrderName.name).label("target_busy"),
         )
         .join(Order, Order.id == OrderName.order_id)
         .where(
@@ -111,6 +113,20 @@ def _due_names() -> Select[int, str, str, str, str | None, str | None, int]:
             OrderName.next_check_at.is_not(None),
             OrderName.next_check_at <= now,
         )
+        .subquery("by_account")
+    )
+    a = by_account.c
+    ranked = (
+        select(
+            a.id,
+            a.busy,
+            a.account_rank,
+            func.row_number()
+            .over(partition_by=(a.name, a.busy), order_by=(a.due, a.id))
+            .label("target_rank"),
+            func.sum(a.busy).over(partition_by=a.name).label("target_busy"),
+        )
+        .where((a.busy == 1) | (a.account_rank + a.account_busy <= bindparam("per_account")))
         .subquery("ranked")
     )
     # Locking and the window functions sit at different levels: PostgreSQL refuses FOR UPDATE
@@ -130,7 +146,6 @@ def _due_names() -> Select[int, str, str, str, str | None, str | None, int]:
         .join(Order, Order.id == OrderName.order_id)
         .where(
             ranked.c.busy == 0,
-            ranked.c.account_rank + ranked.c.account_busy <= bindparam("per_account"),
             ranked.c.target_rank + ranked.c.target_busy <= bindparam("per_target"),
             OrderName.verified_at.is_(None),
             (OrderName.lease_until.is_(None)) | (OrderName.lease_until < now),
