@@ -25,7 +25,11 @@ class HangingServer:
 
     def _serve(self) -> None:
         while not self._stop.is_set():
-            for key, _events in self._selector.select(timeout=0.05):
+            ready = self._selector.select(timeout=0.05)
+            # Closed connections before new ones: a client that gave up one check and started
+            # the next must not be counted with both open.
+            ready.sort(key=lambda event: event[0].fileobj is self._listener)
+            for key, _events in ready:
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
                 if sock is self._listener:
