@@ -102,8 +102,9 @@ def run(
 
 
 async def _check_all(ctx: Any, deadline: float) -> tuple[int, bool]:
-    """Worker passes until nothing is due (True) or the deadline passed (False): the passes
-    `serve` runs (`run_scheduled`: the claims every pass, the periodic scans on their timers)."""
+    """Worker passes until nothing is due (True) or the deadline passed (False): `serve`'s
+    passes (`run_scheduled`: the claims every pass, the periodic scans on their timers), each
+    waiting for the checks it started, where `serve` goes on claiming meanwhile."""
     from certbroker.worker.runner import Worker
 
     worker = Worker(ctx)

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         default_factory=lambda: [60, 300, 900, 3600]
     )
     dcv_window_days: int = 30
+    # Checks in flight at once: in all, per account and per target (docs/SETTINGS.md).
+    dcv_max_checks: int = Field(default=50, ge=1)
+    dcv_max_per_account: int = Field(default=20, ge=1)
+    dcv_max_per_target: int = Field(default=2, ge=1)
+    # Orders of free (price 0) products per account and day; 0: none.
+    free_orders_per_day: int = Field(default=20, ge=0)
     dcv_ca_domain: str = "sectigo.com"
 
     smtp_host: str = "127.0.0.1"

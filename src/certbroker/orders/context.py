@@ -33,6 +33,13 @@ class Policy:
     dcv_timeout_seconds: float = 10.0
     dcv_allow_networks: tuple[str, ...] = ()
     dcv_resolver: str | None = None
+    # Checks in flight at once: in all, of one account, and against one target (the name
+    # checked), so one tenant's hanging hosts cannot hold up another tenant's orders.
+    dcv_max_checks: int = 50
+    dcv_max_per_account: int = 20
+    dcv_max_per_target: int = 2
+    # Orders of a product priced 0 (free trials) one account may place per day (orders/free_orders).
+    free_orders_per_day: int = 20
     cancel_refund_window: timedelta = timedelta(days=30)
     # Automatic reissue inside a subscription starts this long before a certificate ends.
     renew_lead: timedelta = timedelta(days=30)

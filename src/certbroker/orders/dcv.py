@@ -12,7 +12,7 @@ from ipaddress import ip_network
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy import Select, bindparam, case, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from certbroker import metrics
@@ -73,13 +73,66 @@ class NameCheck:
     name: str
     method: str
     block: DcvBlock
+    account_id: int
 
 
 @functools.cache
-def _due_names(limit: int) -> Select[int, str, str, str, str | None, str | None]:
+def _due_names() -> Select[int, str, str, str, str | None, str | None, int]:
     """The claim's query, built once: it runs on every pass, and building it cost about as
-    much CPU as running it (`now` is a parameter)."""
+    much CPU as running it (`now`, `limit` and the caps are parameters).
+
+    Fair across accounts and targets: due names are ranked within their account and within
+    their target (the name: the host an HTTP check contacts, the owner of a CNAME), and a name
+    is taken only while its ranks plus the names of its account (target) already leased stay
+    within the caps. Taking the best ranks first gives every account its first name before any
+    account its second. Names in flight are still due (`next_check_at` only moves when their
+    result is recorded), so one scan counts both. Targets are ranked only among the names their
+    account's cap lets through (and those leased): sorting every due name by target as well
+    doubled the cost of a claim over a backlog of 10,000.
+    """
     now = bindparam("now", type_=UtcDateTime)
+    leased = OrderName.lease_until.is_not(None) & (OrderName.lease_until >= now)
+    busy = case((leased, 1), else_=0)
+    by_account = (
+        select(
+            OrderName.id.label("id"),
+            OrderName.name.label("name"),
+            OrderName.next_check_at.label("due"),
+            busy.label("busy"),
+            func.row_number()
+            .over(
+                partition_by=(Order.account_id, busy),
+                order_by=(OrderName.next_check_at, OrderName.id),
+            )
+            .label("account_rank"),
+            func.sum(busy).over(partition_by=Order.account_id).label("account_busy"),
+        )
+        .join(Order, Order.id == OrderName.order_id)
+        .where(
+            Order.status.in_(VALIDATING),
+            OrderName.verified_at.is_(None),
+            OrderName.next_check_at.is_not(None),
+            OrderName.next_check_at <= now,
+        )
+        .subquery("by_account")
+    )
+    a = by_account.c
+    ranked = (
+        select(
+            a.id,
+            a.busy,
+            a.account_rank,
+            func.row_number()
+            .over(partition_by=(a.name, a.busy), order_by=(a.due, a.id))
+            .label("target_rank"),
+            func.sum(a.busy).over(partition_by=a.name).label("target_busy"),
+        )
+        .where((a.busy == 1) | (a.account_rank + a.account_busy <= bindparam("per_account")))
+        .subquery("ranked")
+    )
+    # Locking and the window functions sit at different levels: PostgreSQL refuses FOR UPDATE
+    # beside window functions. The lease condition is repeated outside so that a row another
+    # worker leased meanwhile is re-checked (and dropped) when it is locked.
     return (
         select(
             OrderName.id,
@@ -88,41 +141,72 @@ def _due_names(limit: int) -> Select[int, str, str, str, str | None, str | None]
             Order.csr_pem,
             Order.unique_value,
             OrderName.lease_owner,
+            Order.account_id,
         )
+        .join(ranked, ranked.c.id == OrderName.id)
         .join(Order, Order.id == OrderName.order_id)
         .where(
-            Order.status.in_(VALIDATING),
+            ranked.c.busy == 0,
+            ranked.c.target_rank + ranked.c.target_busy <= bindparam("per_target"),
             OrderName.verified_at.is_(None),
-            OrderName.next_check_at.is_not(None),
-            OrderName.next_check_at <= now,
             (OrderName.lease_until.is_(None)) | (OrderName.lease_until < now),
         )
-        .order_by(OrderName.next_check_at)
-        .limit(limit)
+        .order_by(ranked.c.account_rank, OrderName.next_check_at, OrderName.id)
+        .limit(bindparam("limit"))
         .with_for_update(skip_locked=True, of=OrderName)
     )
 
 
-def claim_due_names(ctx: OrdersContext, owner: str, limit: int = 50) -> list[NameCheck]:
+def claim_due_names(ctx: OrdersContext, owner: str, limit: int | None = None) -> list[NameCheck]:
+    """Lease up to `limit` due names (default: the global cap), within the policy's caps per
+    account and per target, counting names any worker holds a lease on."""
+    policy = ctx.policy
     now = ctx.clock.now()
+    params = {
+        "now": now,
+        "limit": policy.dcv_max_checks if limit is None else limit,
+        "per_account": policy.dcv_max_per_account,
+        "per_target": policy.dcv_max_per_target,
+    }
     with ctx.db.transaction() as session:
-        rows = session.execute(_due_names(limit), {"now": now}).all()
+        rows = session.execute(_due_names(), params).all()
         if rows:
             session.execute(
                 update(OrderName)
                 .where(OrderName.id.in_([r[0] for r in rows]))
-                .values(lease_owner=owner, lease_until=now + ctx.policy.lease)
+                .values(lease_owner=owner, lease_until=now + policy.lease)
             )
     # A previous owner's lease ran out (it crashed or stalled): this claim takes the work over.
     metrics.lease_taken_over("dcv", sum(1 for row in rows if row.lease_owner is not None))
     blocks: dict[tuple[str, str | None], DcvBlock] = {}
     out = []
-    for name_id, name, method, csr_pem, unique, _previous_owner in rows:
+    for name_id, name, method, csr_pem, unique, _previous_owner, account_id in rows:
         key = (csr_pem, unique)
         if key not in blocks:
-            blocks[key] = dcv_block(csr_pem, unique, ctx.policy.dcv_ca_domain)
-        out.append(NameCheck(name_id=name_id, name=name, method=method, block=blocks[key]))
+            blocks[key] = dcv_block(csr_pem, unique, policy.dcv_ca_domain)
+        out.append(
+            NameCheck(
+                name_id=name_id,
+                name=name,
+                method=method,
+                block=blocks[key],
+                account_id=account_id,
+            )
+        )
     return out
+
+
+def release_leases(ctx: OrdersContext, owner: str, name_ids: Sequence[int]) -> None:
+    """Give back names whose checks were stopped unfinished (the worker is shutting down), so
+    any worker checks them at once instead of when the lease runs out."""
+    if not name_ids:
+        return
+    with ctx.db.transaction() as session:
+        session.execute(
+            update(OrderName)
+            .where(OrderName.id.in_(sorted(name_ids)), OrderName.lease_owner == owner)
+            .values(lease_owner=None, lease_until=None)
+        )
 
 
 @functools.cache

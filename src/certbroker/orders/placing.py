@@ -25,6 +25,7 @@ from certbroker.orders.csr_policy import (
 )
 from certbroker.orders.errors import ApiError, Code
 from certbroker.orders.events import INSERT_EVENT, event_values, record_event
+from certbroker.orders.free_orders import require_free_allowance
 from certbroker.orders.ids import new_cert_id, new_order_num
 from certbroker.orders.params import (
     DomainRequest,
@@ -286,6 +287,7 @@ def _create(
         if renewed.due_at is not None and renewed.due_at > now:
             bonus_days = max(bonus_days, (renewed.due_at - now).days)
     _require_balance(session, account.id, checked.price_cents)
+    require_free_allowance(ctx, session, account.id, checked.price_cents, now)
     connection = session.connection()
     cert_id = new_cert_id(now)
     params = checked.params

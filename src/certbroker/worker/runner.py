@@ -3,10 +3,12 @@
 Every item is a row with a due time and a lease, so any number of workers may run; with SQLite
 the server runs one in-process.
 
-Each pass (on every wake and poll) claims due DCV checks and orders ready to sign. The scans for
-rarer work run on timers of their own (`SCANS`), so an idle pass costs two short transactions
-instead of a dozen that all want SQLite's one write lock (docs/PERFORMANCE.md P7); `run_once`
-still does everything, for tests and tools that want one complete pass.
+Each pass (on every wake and poll) starts due DCV checks and issues orders ready to sign. The
+scans for rarer work run on timers of their own (`SCANS`), so an idle pass costs two short
+transactions instead of a dozen that all want SQLite's one write lock (docs/PERFORMANCE.md P7).
+In `run_forever` a pass does not wait for its checks (worker/dcv_checks.py): a slow one keeps
+running while later passes claim and check other names. `run_once` still does everything and
+waits for its checks, for tests and tools that want one complete pass.
 """
 
 from __future__ import annotations
@@ -27,15 +29,9 @@ from certbroker import metrics
 from certbroker.notify import webhooks
 from certbroker.orders import dcv, email_dcv, issuing, revocation_lists, subscriptions
 from certbroker.orders.context import OrdersContext
-from certbroker.validation.results import CheckResult
+from certbroker.worker.dcv_checks import DcvChecks
 
 log = structlog.get_logger("certbroker.worker")
-
-MAX_PARALLEL_CHECKS = 50
-# After a check completes, wait this long for others to finish before recording: a burst of
-# results goes into one transaction, and a slow check (up to the 10 s timeout) holds back
-# the names checked before it by this much at most.
-RECORD_GATHER_SECONDS = 0.005
 
 # How often `run_forever` runs each scan, and why that is soon enough:
 # - mail: approval mails are queued by the DCV check of an EMAIL name (then sent in that same
@@ -83,14 +79,6 @@ class Timer:
             self.next_at = when
 
 
-@dataclass(frozen=True)
-class Checked:
-    """What a pass's DCV checks did."""
-
-    count: int = 0
-    email: bool = False  # an EMAIL check ran: it may have queued an approval mail
-
-
 class Worker:
     def __init__(self, ctx: OrdersContext, *, poll_seconds: float = 1.0) -> None:
         self.ctx = ctx
@@ -102,46 +90,29 @@ class Worker:
         self.subscriptions = Timer(SUBSCRIPTION_INTERVAL)
         self.expiry = Timer(EXPIRY_INTERVAL)
         self.crls = Timer(CRL_INTERVAL)
+        self.checks = DcvChecks(ctx, self.owner, self._checks_recorded)
 
     def wake(self) -> None:
         """Ask for a pass now (after place) instead of at the next poll."""
         self._wake.set()
 
-    async def _check_names(self) -> Checked:
-        checks = await asyncio.to_thread(dcv.claim_due_names, self.ctx, self.owner)
-        if not checks:
-            return Checked()
-        limit = asyncio.Semaphore(MAX_PARALLEL_CHECKS)
+    def _checks_recorded(self, email: bool) -> None:
+        if email:  # an approval mail may be queued: send it in the next pass
+            self.mail.due_by(self.ctx.clock.now())
+        self.wake()  # names verified (orders to sign) and slots free for more checks
 
-        async def one(check: dcv.NameCheck) -> tuple[dcv.NameCheck, CheckResult | None]:
-            async with limit:
-                try:
-                    return check, await dcv.run_check(self.ctx, check)
-                except Exception:  # its lease runs out and the check is tried again then
-                    log.exception("dcv check failed", name_id=check.name_id)
-                    return check, None
-
-        pending = {asyncio.create_task(one(c)) for c in checks}
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if pending:
-                    more, pending = await asyncio.wait(pending, timeout=RECORD_GATHER_SECONDS)
-                    done |= more
-                results = [
-                    (check, result)
-                    for check, result in (task.result() for task in done)
-                    if result is not None
-                ]
-                # One transaction for the group; checks still running go on meanwhile.
-                await asyncio.to_thread(dcv.record_results, self.ctx, self.owner, results)
-                for check, result in results:
-                    metrics.observe_dcv_check(check.method, result.ok)
-                    log.info("dcv check", name_id=check.name_id, method=check.method, ok=result.ok)
-        finally:
-            for task in pending:  # the pass failed or was cancelled: leases run out
-                task.cancel()
-        return Checked(len(checks), any(c.method == "EMAIL" for c in checks))
+    async def _check_names(self, *, wait: bool) -> int:
+        """Start due checks; with `wait`, also wait for them and claim again until nothing is
+        due or as many names as the global cap were started (a name failing with no back-off
+        must not keep one pass going)."""
+        started = await self.checks.start_due()
+        count = started.count
+        while wait and self.checks.in_flight:
+            await self.checks.drain()
+            if 0 < count < self.ctx.policy.dcv_max_checks:
+                more = await self.checks.start_due()
+                count += more.count
+        return count
 
     async def _issue(self) -> int:
         ready = await asyncio.to_thread(issuing.claim_issuance, self.ctx, self.owner)
@@ -167,12 +138,14 @@ class Worker:
         return len(ready)
 
     async def run_once(self) -> int:
-        """One pass over every kind of due work; returns how many items were handled."""
-        return await self._pass(everything=True)
+        """One pass over every kind of due work, its checks finished and recorded; returns how
+        many items were handled."""
+        return await self._pass(everything=True, wait=True)
 
     async def run_scheduled(self) -> int:
-        """One pass of `run_forever`: the claims, and the scans whose timer is due."""
-        return await self._pass(everything=False)
+        """A pass as `run_forever` makes it (the claims, and the scans whose timer is due), but
+        waiting for the checks it started, for tools that run passes one by one."""
+        return await self._pass(everything=False, wait=True)
 
     async def _scan(
         self, timer: Timer, everything: bool, step: Callable[[], Awaitable[int]]
@@ -182,13 +155,11 @@ class Worker:
         timer.ran(self.ctx.clock.now())
         return await step()
 
-    async def _pass(self, *, everything: bool) -> int:
+    async def _pass(self, *, everything: bool, wait: bool) -> int:
         ctx, owner = self.ctx, self.owner
-        checked = await self._check_names()
-        done = checked.count
-        if checked.email:
-            self.mail.due_by(ctx.clock.now())
-        # Right after the checks: an approval e-mail queued by one goes out in the same pass.
+        done = await self._check_names(wait=wait)
+        # Right after the checks: an approval e-mail queued by one they finished goes out in
+        # the same pass (a check still running wakes the worker when it is recorded).
         done += await self._scan(
             self.mail,
             everything,
@@ -235,21 +206,29 @@ class Worker:
         return max(wait, 0.0)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                busy = await self.run_scheduled()
-            except Exception:  # a bad pass must not kill the worker; leases expire and retry
-                log.exception("worker pass failed")
-                busy = 0
-            if busy:
-                continue
-            self._wake.clear()
-            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self._wake.wait())]
-            await asyncio.wait(
-                waiters, timeout=self._idle_seconds(), return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in waiters:
-                task.cancel()
+        try:
+            while not stop.is_set():
+                self._wake.clear()  # a wake from here on asks for another pass
+                try:
+                    busy = await self._pass(everything=False, wait=False)
+                except Exception:  # a bad pass must not kill the worker; leases expire, retry
+                    log.exception("worker pass failed")
+                    busy = 0
+                if busy:
+                    continue
+                waiters = [
+                    asyncio.create_task(stop.wait()),
+                    asyncio.create_task(self._wake.wait()),
+                ]
+                await asyncio.wait(
+                    waiters, timeout=self._idle_seconds(), return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in waiters:
+                    task.cancel()
+        finally:
+            # Checks still running are stopped and their names given back for another worker
+            # (or the next start) to check at once; results already in are stored.
+            await self.checks.stop()
 
 
 def run_until_signalled(ctx: OrdersContext, *, poll_seconds: float = 1.0) -> None:
