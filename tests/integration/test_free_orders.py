@@ -41,8 +41,16 @@ def test_one_free_order_over_the_daily_limit_is_refused_and_stores_nothing(
         assert place(service, f"trial{i}.example.com")["code"] == 1
     counts, balance = service.counts(), service.balance()
 
+    params = {
+        "server": "nginx",
+        "csr": build_csr(KEY, ["one-too-many.example.com"]).pem,
+        "domainInfo": [{"domainName": "one-too-many.example.com", "dcvMethod": "HTTP_CSR_HASH"}],
+    }
+    checked = service.call("validate", productCode="sectigo-free-trial", years=1, params=params)
+    assert checked["code"] == -3, "validate runs every check of place"
     refused = place(service, "one-too-many.example.com")
     assert refused["code"] == -3, refused
+    assert refused["errors"] == checked["errors"]
     assert f"limited to {LIMIT} orders per account and day" in refused["errors"]
     assert (service.counts(), service.balance()) == (counts, balance), "no order, no charge"
 

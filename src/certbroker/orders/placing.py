@@ -181,6 +181,7 @@ def validate(
         key_spec_for(checked.params, ctx.policy.default_key_spec)
     with ctx.db.read() as session:
         _require_balance(session, account.id, checked.price_cents)
+        require_free_allowance(ctx, session, account.id, checked.price_cents, ctx.clock.now())
 
 
 def _normalize_ref_id(ref_id: object) -> str | None:
