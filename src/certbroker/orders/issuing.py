@@ -39,6 +39,7 @@ from certbroker.orders.context import OrdersContext
 from certbroker.orders.events import INSERT_EVENT, event_values, record_event
 from certbroker.orders.reuse import still_fresh
 from certbroker.orders.states import VALIDATING, Status
+from certbroker.orders.terms import next_renewal, subscription_end
 from certbroker.pki.bundles import make_jks, make_pkcs12, random_password
 from certbroker.pki.keys import PrivateKey, load_private_key_pem
 from certbroker.store.db import lock_row
@@ -53,13 +54,6 @@ CAA_ALLOWS = "CAA allows issuance"
 
 # Certificates start a little in the past so that clients with slow clocks accept them.
 BACKDATE = timedelta(minutes=5)
-
-
-def add_years(moment: datetime, years: int) -> datetime:
-    try:
-        return moment.replace(year=moment.year + years)
-    except ValueError:  # 29 February
-        return moment.replace(year=moment.year + years, day=28)
 
 
 @dataclass(frozen=True)
@@ -137,22 +131,6 @@ class _Organized(Protocol):
     def apply_params(self) -> dict[str, Any]: ...
 
 
-class _Term(Protocol):
-    @property
-    def trial_days(self) -> int | None: ...
-    @property
-    def years(self) -> int: ...
-    @property
-    def bonus_days(self) -> int: ...
-
-
-class _Validity(Protocol):
-    @property
-    def not_before(self) -> datetime: ...
-    @property
-    def not_after(self) -> datetime: ...
-
-
 def organization_of(order: _Organized) -> SubjectOrganization | None:
     if order.validation_level == "dv":
         return None
@@ -175,23 +153,6 @@ def organization_of(order: _Organized) -> SubjectOrganization | None:
         jurisdiction_country=str(info.get("organizationCountry", "")).upper() or None,
         business_category="Private Organization" if order.validation_level == "ev" else None,
     )
-
-
-def subscription_end(order: _Term, start: datetime) -> datetime:
-    """dueDate: start + purchased years (+ carried-over or bonus days); trials run trialDays."""
-    start = start.replace(microsecond=0)
-    if order.trial_days:
-        return start + timedelta(days=order.trial_days)
-    return add_years(start, order.years) + timedelta(days=order.bonus_days or 0)
-
-
-def next_renewal(ctx: OrdersContext, cert: _Validity, due: datetime | None) -> datetime | None:
-    """When to reissue inside the subscription: a lead time before the certificate ends (at most
-    a third of its life, so short certificates are not replaced at once); None at the end."""
-    if due is None or due - cert.not_after < timedelta(minutes=1):
-        return None
-    lead = min(ctx.policy.renew_lead, (cert.not_after - cert.not_before) / 3)
-    return (cert.not_after - lead).replace(microsecond=0)
 
 
 def _is_stale(verified_at: datetime | None, now: datetime) -> bool:
