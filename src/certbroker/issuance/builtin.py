@@ -30,6 +30,7 @@ from certbroker.issuance.profile import (
     new_serial,
     parse_validation_level,
 )
+from certbroker.issuance.refusal import SigningRefused
 
 
 @dataclass(frozen=True)
@@ -113,13 +114,18 @@ class BuiltinCa:
         return new_serial()
 
     def sign(self, request: LeafRequest) -> x509.Certificate:
-        return build_leaf(
-            self.issuer(request.sandbox),
-            serial=request.serial,
-            public_key=request.public_key,
-            names=list(request.names),
-            not_before=request.not_before,
-            not_after=request.not_after,
-            validation_level=parse_validation_level(request.validation_level),
-            organization=request.organization,
-        )
+        """Sign the leaf; raises SigningRefused when the profile refuses the request (anything
+        else, say a key that cannot be used, is a failure of the moment)."""
+        try:
+            return build_leaf(
+                self.issuer(request.sandbox),
+                serial=request.serial,
+                public_key=request.public_key,
+                names=list(request.names),
+                not_before=request.not_before,
+                not_after=request.not_after,
+                validation_level=parse_validation_level(request.validation_level),
+                organization=request.organization,
+            )
+        except ValueError as error:  # BR 7.1.2.7: the profile's refusal of an input
+            raise SigningRefused(str(error)) from error

@@ -34,9 +34,11 @@ from sqlalchemy.orm import Session
 from certbroker import metrics
 from certbroker.issuance.builtin import LeafRequest
 from certbroker.issuance.profile import SubjectOrganization
+from certbroker.issuance.refusal import SigningRefused
 from certbroker.issuance.validity import leaf_not_after
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.events import INSERT_EVENT, event_values, record_event
+from certbroker.orders.refusals import Refusal, settle_refusals
 from certbroker.orders.reuse import still_fresh
 from certbroker.orders.states import VALIDATING, Status
 from certbroker.orders.terms import next_renewal, subscription_end
@@ -516,14 +518,20 @@ def _sign(ctx: OrdersContext, item: _ToSign) -> _Signed:
     )
 
 
-def _sign_all(ctx: OrdersContext, to_sign: Sequence[_ToSign]) -> list[_Signed]:
+def _sign_all(
+    ctx: OrdersContext, to_sign: Sequence[_ToSign]
+) -> tuple[list[_Signed], list[Refusal]]:
+    """The signatures, and the orders the CA refused (settled by orders/refusals.py)."""
     signed: list[_Signed] = []
+    refused: list[Refusal] = []
     for item in to_sign:
         try:
             signed.append(_sign(ctx, item))
+        except SigningRefused as refusal:  # retrying cannot help: the order is settled
+            refused.append(Refusal(item.order_id, item.serial_hex, refusal.reason))
         except Exception:  # this order keeps its `signing` row and its lease: retried later
             log.exception("issuance failed", order_id=item.order_id, step="sign")
-    return signed
+    return signed, refused
 
 
 # --- step 3: store, complete, tell ----------------------------------------------------------
@@ -573,6 +581,7 @@ _COMPLETE = (
         lease_until=None,
         updated_at=bindparam("now"),
         renew_due_at=bindparam("renew"),
+        last_error=None,  # a refusal of an earlier attempt is over
         version=Order.version + 1,
     )
 )
@@ -678,11 +687,14 @@ def issue_orders(ctx: OrdersContext, order_ids: Sequence[int], owner: str) -> di
     transaction. Every `signing` row is committed before any signature is made, so a crash
     still leaves only rows to sign again. An order that fails (logged) at any step is left
     alone, as if it had failed by itself: its writes of that step are not made and it keeps
-    its lease until the lease runs out, while the others go on. Returns order id -> issued."""
+    its lease until the lease runs out, while the others go on; an order the CA refuses is
+    settled at once instead (orders/refusals.py). Returns order id -> issued."""
     now = ctx.clock.now()
     issued = dict.fromkeys(order_ids, False)
     to_sign = _start_signing(ctx, sorted(issued), owner, now)
-    signed = _sign_all(ctx, to_sign)
+    signed, refused = _sign_all(ctx, to_sign)
+    if refused:
+        settle_refusals(ctx, refused, owner, now)
     if signed:
         for order_id in _store_signed(ctx, signed, owner, now):
             issued[order_id] = True

@@ -92,6 +92,7 @@ def upgrade() -> None:
         sa.Column("cancelled_at", sa.DateTime(), nullable=True),
         sa.Column("cancel_reason", sa.Text(), nullable=True),
         sa.Column("failure_reason", sa.Text(), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("parent_cert_id", sa.String(length=32), nullable=True),
         sa.Column("subscription_cert_id", sa.String(length=32), nullable=True),
         sa.Column("renew_due_at", sa.DateTime(), nullable=True),
