@@ -26,7 +26,7 @@ def ledger_of(service: Service, cert_id: str) -> list[tuple[str, int, str]]:
             .where(LedgerEntry.op_key.endswith(cert_id))
             .order_by(LedgerEntry.id)
         ).all()
-    return [tuple(row) for row in rows]
+    return [(kind, amount, op_key) for kind, amount, op_key in rows]
 
 
 def failed_webhooks(receiver: WebhookReceiver) -> list[dict[str, Any]]:
