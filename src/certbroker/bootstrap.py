@@ -86,6 +86,7 @@ def build_context(settings: Settings, clock: Clock | None = None) -> OrdersConte
         organization=settings.ca_organization,
         now=clock.now(),
         passphrase=ca_passphrase(settings),
+        lint_mode=settings.pre_issuance_lint,
     )
     return OrdersContext(
         db=db,

@@ -293,6 +293,35 @@ def build_leaf(
 
     Raises ValueError, with a message fit for the API client, when an input breaks the profile.
     """
+    builder = leaf_builder(
+        issuer,
+        serial=serial,
+        public_key=public_key,
+        names=names,
+        not_before=not_before,
+        not_after=not_after,
+        validation_level=validation_level,
+        organization=organization,
+    )
+    return builder.sign(issuer.key, signature_hash(issuer.key))
+
+
+def leaf_builder(
+    issuer: Issuer,
+    *,
+    serial: int,
+    public_key: CertificatePublicKeyTypes,
+    names: Sequence[str],
+    not_before: datetime,
+    not_after: datetime,
+    validation_level: ValidationLevel,
+    organization: SubjectOrganization | None,
+) -> x509.CertificateBuilder:
+    """build_leaf's to-be-signed certificate, checked, before any signature (pre-issuance
+    linting signs it with a throwaway key first: issuance/prelint.py).
+
+    Raises ValueError, with a message fit for the API client, when an input breaks the profile.
+    """
     validation_level = parse_validation_level(validation_level)
     if not 0 < serial < 1 << 159:
         raise ValueError("serial number must be positive and fit in 20 octets (RFC 5280 4.1.2.2)")
@@ -377,4 +406,4 @@ def build_leaf(
         )
         # No subjectKeyIdentifier: BR 7.1.2.7.6 makes it NOT RECOMMENDED for Subscriber certs.
     )
-    return builder.sign(issuer.key, signature_hash(issuer.key))
+    return builder
