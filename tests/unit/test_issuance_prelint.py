@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certbroker.issuance import prelint
@@ -18,17 +17,10 @@ from certbroker.issuance.builtin import BuiltinCa, LeafRequest
 from certbroker.issuance.prelint import LintMode
 from certbroker.issuance.profile import new_serial
 from certbroker.issuance.refusal import SigningRefused
+from tests.helpers.bad_profile import name_constraints, signing_keys
 
 PUBLIC_URL = "https://certbroker.example.com"
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-def name_constraints(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
-    """A deliberately bad profile: name constraints belong in CA certificates only (BR 7.1.2.7)."""
-    constraints = x509.NameConstraints(
-        permitted_subtrees=[x509.DNSName("example.com")], excluded_subtrees=None
-    )
-    return builder.add_extension(constraints, critical=True)
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +55,8 @@ def request(*, sandbox: bool = False, level: str = "dv") -> LeafRequest:
 
 @pytest.fixture
 def signatures(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
-    """Every key that signs a certificate from here on (CertificateBuilder.sign, wrapped)."""
-    keys: list[Any] = []
-    real = x509.CertificateBuilder.sign
-
-    def sign(self: x509.CertificateBuilder, key: Any, *args: Any, **kwargs: Any) -> Any:
-        keys.append(key)
-        return real(self, key, *args, **kwargs)
-
-    monkeypatch.setattr(x509.CertificateBuilder, "sign", sign)
-    yield keys
+    with signing_keys(monkeypatch) as keys:
+        yield keys
 
 
 def test_a_profile_leaf_is_clean_and_is_linted_before_the_issuer_signs(
