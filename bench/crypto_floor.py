@@ -5,7 +5,11 @@ same run: the floor under any CA's CPU per certificate.
 * leaf signing with the built-in CA's issuer key (read from a certbroker data directory of
   this run, else a P-384 key like the one it makes) and, for reference, with P-256 and
   RSA-2048 issuers; the leaf carries the extensions of certbroker's profile;
-* key generation, RSA-2048 and P-256 (what `place` without a CSR pays).
+* key generation, RSA-2048 and P-256 (what `place` without a CSR pays);
+* certbroker's own signing path (`BuiltinCa.sign`: profile checks, then the signature) for
+  P-256 and RSA-2048 leaves, with and without pre-issuance linting (issuance/prelint.py: a
+  throwaway signature and pkilint in-process, BR 4.3.1.2); the difference is what the lint
+  costs per certificate.
 
 The floor per certificate is CSR parse+verify of the order's key type plus one leaf signature
 with the built-in CA's key.
@@ -14,6 +18,7 @@ with the built-in CA's key.
 from __future__ import annotations
 
 import datetime
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +30,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from bench.common import BenchKey, generate_key, make_csr
+from certbroker.issuance.builtin import BuiltinCa, LeafRequest
+from certbroker.issuance.prelint import LintMode
+from certbroker.issuance.profile import new_serial
+from certbroker.issuance.validity import leaf_not_after
 
 
 def cpu_ms(action: Callable[[], object], *, min_seconds: float, min_runs: int = 5) -> float:
@@ -149,6 +158,7 @@ def run(key_types: list[str], ca_dir: Path | None, min_seconds: float) -> dict[s
     ops["keygen_rsa2048"] = cpu_ms(
         lambda: generate_key("rsa2048"), min_seconds=max(min_seconds, 0.5), min_runs=10
     )
+    out["pre_issuance_lint_ms"] = _lint_cost(ops, ca_dir, name, min_seconds)
     out["floor_ms_per_certificate"] = {
         kt: round(ops[f"csr_parse_verify_{kt}"] + ops["leaf_sign_builtin_issuer"], 4)
         for kt in key_types
@@ -158,3 +168,52 @@ def run(key_types: list[str], ca_dir: Path | None, min_seconds: float) -> dict[s
         for kt in key_types
     }
     return out
+
+
+LINT_LEAF_TYPES = ("ec256", "rsa2048")
+LINT_MODES: tuple[LintMode, ...] = ("off", "on")
+
+
+def _leaf_request(public_key: Any, name: str, now: datetime.datetime) -> LeafRequest:
+    return LeafRequest(
+        serial=new_serial(),
+        public_key=public_key,
+        names=[name],
+        not_before=now,
+        not_after=leaf_not_after(now),  # the product's validity, as issuance uses
+        validation_level="dv",
+        organization=None,
+        sandbox=False,
+    )
+
+
+def _lint_cost(
+    ops: dict[str, float], ca_dir: Path | None, name: str, min_seconds: float
+) -> dict[str, float]:
+    """BuiltinCa.sign with pre-issuance linting off and on, per leaf key type; returns the
+    difference (the lint's CPU per certificate). Uses this run's certbroker CA when there is
+    one, else a CA made in a temporary directory."""
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    cost: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = ca_dir if ca_dir is not None else Path(tmp) / "ca"
+        for kt in LINT_LEAF_TYPES:
+            public_key = generate_key(kt).public_key()
+            spent: dict[str, float] = {}
+            for mode in LINT_MODES:
+                signer = BuiltinCa.load_or_create(
+                    directory,
+                    public_url="http://certbroker.example.com",
+                    organization="bench",
+                    now=now - datetime.timedelta(minutes=1),
+                    lint_mode=mode,
+                )
+                spent[mode] = cpu_ms(
+                    lambda signer=signer, key=public_key: signer.sign(  # type: ignore[misc]
+                        _leaf_request(key, name, now)
+                    ),
+                    min_seconds=min_seconds,
+                )
+                ops[f"builtin_ca_sign_{kt}_leaf_lint_{mode}"] = spent[mode]
+            cost[kt] = round(spent["on"] - spent["off"], 4)
+    return cost

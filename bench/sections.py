@@ -160,6 +160,10 @@ def sections(report: dict[str, Any]) -> list[Section]:
             [f"floor per certificate ({k} order)", v]
             for k, v in fl["floor_ms_per_certificate"].items()
         ]
+        rows += [
+            [f"pre-issuance lint per certificate ({k} leaf)", v]
+            for k, v in fl.get("pre_issuance_lint_ms", {}).items()
+        ]
         out.append(
             Section(
                 f"Crypto floor (cryptography, CPU ms; built-in issuer: {fl['issuer']})",

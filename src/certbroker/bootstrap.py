@@ -114,6 +114,7 @@ def build_context(settings: Settings, clock: Clock | None = None) -> OrdersConte
         organization=settings.ca_organization,
         now=clock.now(),
         passphrase=ca_passphrase(settings),
+        lint_mode=settings.pre_issuance_lint,
     )
     ca.names_policy, ca.weak_keys = policy.names, policy.weak_keys
     return OrdersContext(

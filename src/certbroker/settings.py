@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # badkeys' blocklist data (Debian weak keys and other published compromised keys), made by
     # `XDG_CACHE_HOME=<dir> badkeys --update-bl`; default `<data dir>/badkeys`.
     weak_keys_dir: Path | None = None
+    # Lint every leaf with pkilint before the issuer key signs it (BR 4.3.1.2): "on", "off", or
+    # "non-sandbox" (only certificates of the trusted issuer).
+    pre_issuance_lint: Literal["on", "off", "non-sandbox"] = "non-sandbox"
     # Run the background worker inside `serve` (the default with SQLite).
     worker_in_process: bool = True
     worker_poll_seconds: float = 1.0

@@ -14,17 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-FAILING_SEVERITIES = frozenset({"FATAL", "ERROR", "WARNING"})
+# The product's list (pre-issuance linting accepts the same warnings), each with its reason.
+from certbroker.issuance.prelint import ACCEPTED_WARNINGS
 
-# Warnings accepted on purpose, each with its justification.
-ACCEPTED_WARNINGS: dict[str, str] = {
-    # BR 7.1.2.7.2-4 make subject:commonName NOT RECOMMENDED, not forbidden. certbroker keeps
-    # it (always one of the SAN entries, BR 7.1.4.3) because reseller panels, the Racent API
-    # clients and older server software still display or match on the CN.
-    "cabf.serverauth.dv.common_name_attribute_present": "CN kept for compatibility",
-    "cabf.serverauth.ov.common_name_attribute_present": "CN kept for compatibility",
-    "cabf.ev_guidelines.common_name_attribute_present": "CN kept for compatibility",
-}
+FAILING_SEVERITIES = frozenset({"FATAL", "ERROR", "WARNING"})
 
 SUBSCRIBER_TYPES = frozenset(
     {"DV-FINAL-CERTIFICATE", "OV-FINAL-CERTIFICATE", "EV-FINAL-CERTIFICATE"}

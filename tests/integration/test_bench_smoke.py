@@ -101,6 +101,10 @@ def test_crypto_floor_and_targets(report: dict[str, Any]) -> None:
         assert floor["operations_ms"][op] > 0
     assert "secp384r1" in floor["issuer"] or "RSA" in floor["issuer"]
     assert floor["floor_ms_per_certificate"]["ec256"] > 0
+    for leaf in ("ec256", "rsa2048"):
+        for mode in ("off", "on"):
+            assert floor["operations_ms"][f"builtin_ca_sign_{leaf}_leaf_lint_{mode}"] > 0
+        assert isinstance(floor["pre_issuance_lint_ms"][leaf], float)
     goals = {t["target"] for t in report["targets"]}
     assert any(goal.startswith("collect COMPLETE") for goal in goals)
     assert any("re-checked within 60 s" in goal for goal in goals)

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm.exc import StaleDataError
 
 from certbroker.issuance.builtin import LeafRequest
-from certbroker.orders import events, issuing
+from certbroker.orders import events, issuing, terms
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.states import Status
 from certbroker.store.models import Certificate, Event, Order, OrderName
@@ -88,7 +88,7 @@ def test_issuance_moves_the_version_on_and_a_stale_orm_write_is_refused(
         assert order.status == Status.COMPLETE and order.due_at is not None
         assert (order.lease_owner, order.lease_until, order.issue_due_at) == (None, None, None)
         [cert] = session.scalars(select(Certificate).where(Certificate.order_id == order.id))
-        assert order.renew_due_at == issuing.next_renewal(ctx, cert, order.due_at)
+        assert order.renew_due_at == terms.next_renewal(ctx, cert, order.due_at)
     assert events_of(ctx, cert_id, "certificate.issued") == [
         {
             "certId": cert_id,

@@ -1,4 +1,5 @@
-"""The built-in CA as the rest of certbroker sees it: issuers loaded once, leaves signed."""
+"""The built-in CA as the rest of certbroker sees it: issuers loaded once, leaves linted
+(BR 4.3.1.2) and signed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
+from certbroker.issuance import prelint
 from certbroker.issuance.hierarchy import (
     FILE_STEMS,
     ROOT_OF,
@@ -24,12 +26,15 @@ from certbroker.issuance.hierarchy import (
     is_initialized,
     load_issuer,
 )
+from certbroker.issuance.prelint import LintMode
 from certbroker.issuance.profile import (
     SubjectOrganization,
-    build_leaf,
+    leaf_builder,
     new_serial,
     parse_validation_level,
+    signature_hash,
 )
+from certbroker.issuance.refusal import SigningRefused
 from certbroker.policy.keys import WeakKeyList
 from certbroker.policy.names import DEFAULT_POLICY, NamePolicy
 
@@ -67,6 +72,10 @@ def load_root(ca_dir: Path, which: IssuerName, passphrase: bytes | None = None) 
 
 
 class BuiltinCa:
+    # Tests only (no setting or API reaches it): changes every to-be-signed leaf before it is
+    # linted and signed, to prove that a bad profile is refused before the real signature.
+    tamper_for_tests: Callable[[x509.CertificateBuilder], x509.CertificateBuilder] | None = None
+
     def __init__(
         self,
         production: Issuer,
@@ -75,12 +84,14 @@ class BuiltinCa:
         *,
         names_policy: NamePolicy = DEFAULT_POLICY,
         weak_keys: WeakKeyList | None = None,
+        lint_mode: LintMode = "non-sandbox",
     ) -> None:
         self._issuers = {"production": production, "sandbox": sandbox}
         self._root_loader = root_loader
         # The issuance policy, asked once more right before each signature.
         self.names_policy = names_policy
         self.weak_keys = weak_keys
+        self.lint_mode: LintMode = lint_mode
 
     @classmethod
     def load_or_create(
@@ -91,6 +102,7 @@ class BuiltinCa:
         organization: str,
         now: datetime,
         passphrase: bytes | None = None,
+        lint_mode: LintMode = "non-sandbox",
     ) -> BuiltinCa:
         if not is_initialized(ca_dir):
             create_hierarchy(
@@ -104,6 +116,7 @@ class BuiltinCa:
             load_issuer(ca_dir, "production", public_url, passphrase),
             load_issuer(ca_dir, "sandbox", public_url, passphrase),
             lambda which: load_root(ca_dir, which, passphrase),
+            lint_mode=lint_mode,
         )
 
     def issuer(self, sandbox: bool) -> Issuer:
@@ -121,15 +134,28 @@ class BuiltinCa:
         return new_serial()
 
     def sign(self, request: LeafRequest) -> x509.Certificate:
-        return build_leaf(
-            self.issuer(request.sandbox),
-            serial=request.serial,
-            public_key=request.public_key,
-            names=list(request.names),
-            not_before=request.not_before,
-            not_after=request.not_after,
-            validation_level=parse_validation_level(request.validation_level),
-            organization=request.organization,
-            names_policy=self.names_policy,
-            weak_keys=self.weak_keys,
-        )
+        """Sign the leaf; raises SigningRefused when the profile (BR 7.1.2.7) or pre-issuance
+        linting (BR 4.3.1.2) refuses it. Anything else, say a key that cannot be used, is a
+        failure of the moment."""
+        issuer = self.issuer(request.sandbox)
+        try:
+            level = parse_validation_level(request.validation_level)
+            builder = leaf_builder(
+                issuer,
+                serial=request.serial,
+                public_key=request.public_key,
+                names=list(request.names),
+                not_before=request.not_before,
+                not_after=request.not_after,
+                validation_level=level,
+                organization=request.organization,
+                names_policy=self.names_policy,
+                weak_keys=self.weak_keys,
+            )
+        except ValueError as error:  # BR 7.1.2.7: the profile's refusal of an input
+            raise SigningRefused(str(error)) from error
+        if self.tamper_for_tests is not None:
+            builder = self.tamper_for_tests(builder)
+        if prelint.applies(self.lint_mode, request.sandbox):
+            prelint.check(builder, issuer.key, level)
+        return builder.sign(issuer.key, signature_hash(issuer.key))

@@ -240,6 +240,40 @@ def build_leaf(
     Raises ValueError, with a message fit for the API client, when an input breaks the profile
     or the issuance policy (NameRefused, KeyRefused).
     """
+    builder = leaf_builder(
+        issuer,
+        serial=serial,
+        public_key=public_key,
+        names=names,
+        not_before=not_before,
+        not_after=not_after,
+        validation_level=validation_level,
+        organization=organization,
+        names_policy=names_policy,
+        weak_keys=weak_keys,
+    )
+    return builder.sign(issuer.key, signature_hash(issuer.key))
+
+
+def leaf_builder(
+    issuer: Issuer,
+    *,
+    serial: int,
+    public_key: CertificatePublicKeyTypes,
+    names: Sequence[str],
+    not_before: datetime,
+    not_after: datetime,
+    validation_level: ValidationLevel,
+    organization: SubjectOrganization | None,
+    names_policy: NamePolicy = DEFAULT_POLICY,
+    weak_keys: WeakKeyList | None = None,
+) -> x509.CertificateBuilder:
+    """build_leaf's to-be-signed certificate, checked, before any signature (pre-issuance
+    linting signs it with a throwaway key first: issuance/prelint.py).
+
+    Raises ValueError, with a message fit for the API client, when an input breaks the profile
+    or the issuance policy (NameRefused, KeyRefused).
+    """
     validation_level = parse_validation_level(validation_level)
     if not 0 < serial < 1 << 159:
         raise ValueError("serial number must be positive and fit in 20 octets (RFC 5280 4.1.2.2)")
@@ -327,4 +361,4 @@ def build_leaf(
         )
         # No subjectKeyIdentifier: BR 7.1.2.7.6 makes it NOT RECOMMENDED for Subscriber certs.
     )
-    return builder.sign(issuer.key, signature_hash(issuer.key))
+    return builder

@@ -34,13 +34,18 @@ from sqlalchemy.orm import Session
 from certbroker import metrics
 from certbroker.issuance.builtin import LeafRequest
 from certbroker.issuance.profile import SubjectOrganization
+from certbroker.issuance.refusal import SigningRefused
 from certbroker.issuance.validity import leaf_not_after
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.events import INSERT_EVENT, event_values, record_event
+from certbroker.orders.refusals import Refusal, settle_refusals
 from certbroker.orders.reuse import still_fresh
 from certbroker.orders.states import VALIDATING, Status
+from certbroker.orders.terms import next_renewal, subscription_end
 from certbroker.pki.bundles import make_jks, make_pkcs12, random_password
 from certbroker.pki.keys import PrivateKey, load_private_key_pem
+from certbroker.policy.keys import key_refusal, spki_sha256
+from certbroker.store import compromised_keys
 from certbroker.store.db import lock_row
 from certbroker.store.models import Certificate, Order, OrderName, UtcDateTime
 from certbroker.validation.caa import check_caa
@@ -53,13 +58,6 @@ CAA_ALLOWS = "CAA allows issuance"
 
 # Certificates start a little in the past so that clients with slow clocks accept them.
 BACKDATE = timedelta(minutes=5)
-
-
-def add_years(moment: datetime, years: int) -> datetime:
-    try:
-        return moment.replace(year=moment.year + years)
-    except ValueError:  # 29 February
-        return moment.replace(year=moment.year + years, day=28)
 
 
 @dataclass(frozen=True)
@@ -137,22 +135,6 @@ class _Organized(Protocol):
     def apply_params(self) -> dict[str, Any]: ...
 
 
-class _Term(Protocol):
-    @property
-    def trial_days(self) -> int | None: ...
-    @property
-    def years(self) -> int: ...
-    @property
-    def bonus_days(self) -> int: ...
-
-
-class _Validity(Protocol):
-    @property
-    def not_before(self) -> datetime: ...
-    @property
-    def not_after(self) -> datetime: ...
-
-
 def organization_of(order: _Organized) -> SubjectOrganization | None:
     if order.validation_level == "dv":
         return None
@@ -175,23 +157,6 @@ def organization_of(order: _Organized) -> SubjectOrganization | None:
         jurisdiction_country=str(info.get("organizationCountry", "")).upper() or None,
         business_category="Private Organization" if order.validation_level == "ev" else None,
     )
-
-
-def subscription_end(order: _Term, start: datetime) -> datetime:
-    """dueDate: start + purchased years (+ carried-over or bonus days); trials run trialDays."""
-    start = start.replace(microsecond=0)
-    if order.trial_days:
-        return start + timedelta(days=order.trial_days)
-    return add_years(start, order.years) + timedelta(days=order.bonus_days or 0)
-
-
-def next_renewal(ctx: OrdersContext, cert: _Validity, due: datetime | None) -> datetime | None:
-    """When to reissue inside the subscription: a lead time before the certificate ends (at most
-    a third of its life, so short certificates are not replaced at once); None at the end."""
-    if due is None or due - cert.not_after < timedelta(minutes=1):
-        return None
-    lead = min(ctx.policy.renew_lead, (cert.not_after - cert.not_before) / 3)
-    return (cert.not_after - lead).replace(microsecond=0)
 
 
 def _is_stale(verified_at: datetime | None, now: datetime) -> bool:
@@ -555,14 +520,30 @@ def _sign(ctx: OrdersContext, item: _ToSign) -> _Signed:
     )
 
 
-def _sign_all(ctx: OrdersContext, to_sign: Sequence[_ToSign]) -> list[_Signed]:
+def _sign_all(
+    ctx: OrdersContext, to_sign: Sequence[_ToSign]
+) -> tuple[list[_Signed], list[Refusal]]:
+    """The signatures, and the orders the CA refused (settled by orders/refusals.py)."""
     signed: list[_Signed] = []
+    refused: list[Refusal] = []
+    # BR 6.1.1.3: a key revoked for keyCompromise since the order was placed (an automatic
+    # reissue reuses the customer's key) is refused here, right before the signature.
+    digests = {item.order_id: spki_sha256(item.request.public_key) for item in to_sign}
+    with ctx.db.read() as session:
+        compromised = compromised_keys.among(session, digests.values())
     for item in to_sign:
+        if digests[item.order_id] in compromised:
+            problem = key_refusal(item.request.public_key, compromised=True)
+            assert problem is not None
+            refused.append(Refusal(item.order_id, item.serial_hex, problem.reason))
+            continue
         try:
             signed.append(_sign(ctx, item))
+        except SigningRefused as refusal:  # retrying cannot help: the order is settled
+            refused.append(Refusal(item.order_id, item.serial_hex, refusal.reason))
         except Exception:  # this order keeps its `signing` row and its lease: retried later
             log.exception("issuance failed", order_id=item.order_id, step="sign")
-    return signed
+    return signed, refused
 
 
 # --- step 3: store, complete, tell ----------------------------------------------------------
@@ -612,6 +593,7 @@ _COMPLETE = (
         lease_until=None,
         updated_at=bindparam("now"),
         renew_due_at=bindparam("renew"),
+        last_error=None,  # a refusal of an earlier attempt is over
         version=Order.version + 1,
     )
 )
@@ -717,11 +699,14 @@ def issue_orders(ctx: OrdersContext, order_ids: Sequence[int], owner: str) -> di
     transaction. Every `signing` row is committed before any signature is made, so a crash
     still leaves only rows to sign again. An order that fails (logged) at any step is left
     alone, as if it had failed by itself: its writes of that step are not made and it keeps
-    its lease until the lease runs out, while the others go on. Returns order id -> issued."""
+    its lease until the lease runs out, while the others go on; an order the CA refuses is
+    settled at once instead (orders/refusals.py). Returns order id -> issued."""
     now = ctx.clock.now()
     issued = dict.fromkeys(order_ids, False)
     to_sign = _start_signing(ctx, sorted(issued), owner, now)
-    signed = _sign_all(ctx, to_sign)
+    signed, refused = _sign_all(ctx, to_sign)
+    if refused:
+        settle_refusals(ctx, refused, owner, now)
     if signed:
         for order_id in _store_signed(ctx, signed, owner, now):
             issued[order_id] = True

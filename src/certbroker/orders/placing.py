@@ -370,6 +370,7 @@ def _create(
         due_at=None,
         ov_note=None,
         failure_reason=None,
+        last_error=None,
         **{
             f: values[f]
             for f in (

@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 
 from certbroker.orders import ledger
 from certbroker.orders.context import OrdersContext
-from certbroker.orders.issuing import next_renewal
 from certbroker.orders.states import Status
+from certbroker.orders.terms import next_renewal
 from certbroker.store.db import lock_row
 from certbroker.store.models import Certificate, Order
 

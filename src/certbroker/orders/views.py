@@ -75,6 +75,8 @@ class OrderView:
     apply_params: dict[str, Any]
     ov_note: str | None
     failure_reason: str | None
+    # Why the CA last refused to sign (orders/refusals.py); None once a certificate is issued.
+    last_error: str | None
     issued: Issued | None
     # Every certificate of the order, oldest first (a subscription reissues under one certId).
     history: tuple[CertSummary, ...] = ()
@@ -141,6 +143,7 @@ class OrderFacts:
     ov_status: str
     ov_note: str | None
     failure_reason: str | None
+    last_error: str | None
     apply_params: dict[str, Any]
     key_encrypted: str | None
 
@@ -294,6 +297,7 @@ def view_of(
         apply_params=order.apply_params,
         ov_note=order.ov_note,
         failure_reason=order.failure_reason,
+        last_error=order.last_error,
         issued=_issued(ctx, connection, order),
         history=_history(connection, order),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import Connection, select
@@ -16,6 +17,17 @@ def is_compromised(session: Session | Connection, spki_sha256: str) -> bool:
         select(CompromisedKey.spki_sha256).where(CompromisedKey.spki_sha256 == spki_sha256)
     ).first()
     return found is not None
+
+
+def among(session: Session | Connection, digests: Iterable[str]) -> set[str]:
+    """Which of `digests` are on the list: one query for a batch of orders."""
+    wanted = sorted(set(digests))
+    if not wanted:
+        return set()
+    rows = session.execute(
+        select(CompromisedKey.spki_sha256).where(CompromisedKey.spki_sha256.in_(wanted))
+    )
+    return {row[0] for row in rows}
 
 
 def add(

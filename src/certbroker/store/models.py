@@ -138,6 +138,9 @@ class Order(Base):
     cancelled_at: Mapped[datetime | None]
     cancel_reason: Mapped[str | None] = mapped_column(Text)
     failure_reason: Mapped[str | None] = mapped_column(Text)
+    # Why the CA last refused to sign this order's certificate (collect's order-level lastError);
+    # cleared when a certificate is issued.
+    last_error: Mapped[str | None] = mapped_column(Text)
     parent_cert_id: Mapped[str | None] = mapped_column(String(32))
     # The purchase this order belongs to: itself, or the order it reissues/replaces.
     subscription_cert_id: Mapped[str | None] = mapped_column(String(32), index=True)

@@ -85,6 +85,9 @@ def collect(view: OrderView, utc_offset_hours: int) -> dict[str, Any]:
         "issued": {"status": view.stage_issued},
         "applyParams": view.apply_params,
         "certPath": "",
+        # certbroker extension: why the CA refused to sign (the order FAILED, or a subscription's
+        # automatic reissue was dropped); "" otherwise.
+        "lastError": view.last_error or "",
     }
     if view.failure_reason:
         data["failureReason"] = view.failure_reason

@@ -1,4 +1,4 @@
-"""compromised keys: public keys never to be certified again (BR 6.1.1.3)
+"""issuance policy: compromised keys (BR 6.1.1.3) and the order's last signing refusal
 
 Revision ID: 0002
 Revises: 0001
@@ -25,7 +25,12 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("spki_sha256", name=op.f("pk_compromised_keys")),
     )
+    # Why the CA last refused to sign the order's certificate (collect's lastError).
+    with op.batch_alter_table("orders") as batch:
+        batch.add_column(sa.Column("last_error", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("orders") as batch:
+        batch.drop_column("last_error")
     op.drop_table("compromised_keys")
