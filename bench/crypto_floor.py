@@ -6,6 +6,7 @@ same run: the floor under any CA's CPU per certificate.
   this run, else a P-384 key like the one it makes) and, for reference, with P-256 and
   RSA-2048 issuers; the leaf carries the extensions of certbroker's profile;
 * key generation, RSA-2048 and P-256 (what `place` without a CSR pays);
+* the issuance policy: one name, and one key with its weak-key checks (policy/);
 * certbroker's own signing path (`BuiltinCa.sign`: profile checks, then the signature) for
   P-256 and RSA-2048 leaves, with and without pre-issuance linting (issuance/prelint.py: a
   throwaway signature and pkilint in-process, BR 4.3.1.2); the difference is what the lint
@@ -34,6 +35,8 @@ from certbroker.issuance.builtin import BuiltinCa, LeafRequest
 from certbroker.issuance.prelint import LintMode
 from certbroker.issuance.profile import new_serial
 from certbroker.issuance.validity import leaf_not_after
+from certbroker.policy.keys import key_refusal
+from certbroker.policy.names import check_name
 
 
 def cpu_ms(action: Callable[[], object], *, min_seconds: float, min_runs: int = 5) -> float:
@@ -158,6 +161,17 @@ def run(key_types: list[str], ca_dir: Path | None, min_seconds: float) -> dict[s
     ops["keygen_rsa2048"] = cpu_ms(
         lambda: generate_key("rsa2048"), min_seconds=max(min_seconds, 0.5), min_runs=10
     )
+    # The issuance policy asked at place and again at signing (policy/): a name, and a key with
+    # the weak-key checks (badkeys) that need no downloaded data.
+    ops["policy_check_name"] = cpu_ms(
+        lambda: check_name("xn--bcher-kva.shop.example.co.uk"), min_seconds=min_seconds
+    )
+    for kt in ("ec256", "rsa2048"):
+        public_key = generate_key(kt).public_key()
+        ops[f"policy_key_refusal_{kt}"] = cpu_ms(
+            lambda public_key=public_key: key_refusal(public_key),  # type: ignore[misc]
+            min_seconds=min_seconds,
+        )
     out["pre_issuance_lint_ms"] = _lint_cost(ops, ca_dir, name, min_seconds)
     out["floor_ms_per_certificate"] = {
         kt: round(ops[f"csr_parse_verify_{kt}"] + ops["leaf_sign_builtin_issuer"], 4)
