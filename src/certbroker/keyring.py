@@ -1,4 +1,4 @@
-"""The master-key ring: several AES-256 keys with ids, one of them current (issue 7).
+"""The master-key ring: several AES-256 keys with ids, one of them current.
 
 Sources, in order of precedence:
 - `CERTBROKER_MASTER_KEYS` (JSON `{"id": "key", ...}`) with `CERTBROKER_MASTER_KEY_ID` naming

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     cancel_refund_days: int = 30
     # RSA keys made ahead per key type for `place` without a CSR (pki/key_pool.py); 0: off.
     key_pool_size: int = Field(default=32, ge=0, le=1024)
-    # HTTP hardening (issue 7). Rates are "<requests per second>,<burst>" or "off".
+    # HTTP hardening (docs/SETTINGS.md). Rates are "<requests per second>,<burst>" or "off".
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     http_body_timeout_seconds: float = Field(default=30.0, gt=0)
     http_keepalive_seconds: int = Field(default=5, ge=1)

@@ -1,4 +1,4 @@
-"""Input and rate limits of the API, checked before any expensive work (issue 7).
+"""Input and rate limits of the API, checked before any expensive work.
 
 Rate limits are token buckets held in memory by each process: with several server processes
 each has its own buckets, so the effective limit is the per-process limit times the number of

@@ -1,4 +1,4 @@
-"""The audit log: who changed what, from where, with which result (issue 7). Append-only."""
+"""The audit log: who changed what, from where, with which result. Append-only."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Multi-year subscriptions: automatic reissue ahead of each certificate's end, the notice that
-a subscription ends, and expiry (issue 4; BR 6.3.2 caps each certificate, not the purchase)."""
+a subscription ends, and expiry (BR 6.3.2 caps each certificate, not the purchase)."""
 
 from __future__ import annotations
 

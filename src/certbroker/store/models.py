@@ -276,7 +276,7 @@ class DcvEmailApproval(Base):
 
 
 class AuditEntry(Base):
-    """Append-only record of every state-changing API call, failed ones included (issue 7).
+    """Append-only record of every state-changing API call, failed ones included.
 
     Rows are only ever inserted (orders/audit.py); the listeners below refuse ORM updates and
     deletes, so no code path can rewrite history."""
