@@ -99,8 +99,8 @@ def open_database(settings: Settings, *, migrate: bool = True) -> Database:
 
 
 def key_pool_from(settings: Settings) -> KeyPool | None:
-    """The pool of RSA keys made ahead (pki/key_pool.py); inert until used or until the app's lifespan
-    starts it, so CLI commands that never place an order start no process."""
+    """The pool of RSA keys made ahead (pki/key_pool.py); inert until used or until the app's
+    lifespan starts it, so CLI commands that never place an order start no process."""
     return KeyPool(settings.key_pool_size) if settings.key_pool_size > 0 else None
 
 
