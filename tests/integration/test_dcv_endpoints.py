@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from cryptography import x509
+
 from tests.conftest import Service
 
 THREE = [
@@ -258,3 +260,28 @@ def test_the_base_of_a_wildcard_follows_its_method_changes(service: Service) -> 
         ("*.example.com", "EMAIL", "admin@example.com"),
         ("example.com", "EMAIL", "admin@example.com"),
     ]
+
+
+def test_a_wildcard_and_its_base_are_validated_by_one_cname_and_issued(service: Service) -> None:
+    service.topup(500)
+    zone = "wild-base.example.com"
+    placed = service.call(
+        "place",
+        productCode="comodo-wildcard-ssl-certificate",
+        years=1,
+        params={
+            "server": "nginx",
+            "domainInfo": [{"domainName": f"*.{zone}", "dcvMethod": "CNAME_CSR_HASH"}],
+        },
+    )
+    assert placed["code"] == 1, placed
+    data = placed["data"]
+    # _<md5>.<base> -> <sha>.<ca domain>: one record proves both names (BR 3.2.2.4.7).
+    service.dns_server.set_cname(f"{data['DCVdnsHost']}.{zone}", data["DCVdnsValue"])
+    service.work()
+    done = service.call("collect", certId=data["certId"])
+    assert done["status"] == "COMPLETE", done
+    assert [d["is_verify"] for d in done["data"]["dcvList"]] == ["verified", "verified"]
+    leaf = x509.load_pem_x509_certificate(done["data"]["certificate"].encode())
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [f"*.{zone}", zone]
