@@ -115,7 +115,7 @@ def test_the_mode_chooses_which_issuer_is_linted(ca_dir: Path, signatures: list[
 def test_a_profile_refusal_is_a_signing_refusal(ca_dir: Path) -> None:
     ca = make_ca(ca_dir, "on")
     reserved = replace(request(), names=["127.0.0.1"])
-    with pytest.raises(SigningRefused, match=r"reserved address .*BR 7\.1\.2\.7\.12"):
+    with pytest.raises(SigningRefused, match=r"reserved IP address .*BR 7\.1\.2\.7\.12"):
         ca.sign(reserved)
 
 
