@@ -23,3 +23,11 @@ def failure(
     return JSONResponse(
         {"code": int(error.code), "errors": error.errors}, status_code=http_status, headers=headers
     )
+
+
+UNEXPECTED_TEXT = "unexpected error; nothing was changed, try again"
+
+
+def unexpected() -> JSONResponse:
+    """-2: the details are logged, never sent."""
+    return failure(ApiError(Code.UNEXPECTED, UNEXPECTED_TEXT))
