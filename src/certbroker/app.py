@@ -133,14 +133,14 @@ def create_app(ctx: OrdersContext, *, worker: bool = True, poll_seconds: float =
             message = str(exc.detail)
             headers = {}
         return JSONResponse(
-            {"code": int(Code.INVALID), "errors": message},
+            envelope.error_body(int(Code.INVALID), message),
             status_code=exc.status_code,
             headers=headers,
         )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"code": int(Code.INVALID), "errors": "the request could not be read"})
+        return JSONResponse(envelope.error_body(int(Code.INVALID), "the request could not be read"))
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
