@@ -16,6 +16,7 @@ from starlette.types import Message
 
 from certbroker.api.limits import DEFAULT_MAX_BODY_BYTES
 from certbroker.orders.errors import ApiError, Code
+from certbroker.pki.text import quoted, safe_text
 
 MAX_BODY_BYTES = DEFAULT_MAX_BODY_BYTES
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -90,7 +91,8 @@ async def read_fields(
             parsed = json.loads(body)
         except json.JSONDecodeError as exc:
             raise _bad(
-                f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+                f"the body is not valid JSON: {safe_text(exc.msg)} "
+                f"at line {exc.lineno} column {exc.colno}"
             ) from None
         except (ValueError, RecursionError):
             # Invalid UTF-8, integers longer than Python accepts, pathological nesting.
@@ -100,13 +102,9 @@ async def read_fields(
         return refuse_control_characters(parsed)
     raise ApiError(
         Code.INVALID,
-        f"unsupported Content-Type {_printable(content_type[:100])}; send multipart/form-data, "
+        f"unsupported Content-Type {quoted(content_type, 100)}; send multipart/form-data, "
         "application/x-www-form-urlencoded or application/json",
     )
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() and c not in "'\"<>" else f"\\x{ord(c):02x}" for c in text)
 
 
 # Identifiers and numbers: one line. Other fields (CSR, key, reason, JSON) may hold line breaks
