@@ -13,16 +13,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from certbroker import __version__
 from certbroker.api.ops import ops_router
 from certbroker.api.pki_http import pki_router
+from certbroker.api.racent import envelope
 from certbroker.api.racent import routes as racent
 from certbroker.api.web.approval import approval_router
 from certbroker.api.web.downloads import downloads_router
 from certbroker.metrics import install_metrics
 from certbroker.orders.context import OrdersContext
-from certbroker.orders.errors import ApiError, Code
+from certbroker.orders.errors import Code
 from certbroker.worker.runner import Worker
 
 log = structlog.get_logger("certbroker.app")
@@ -47,6 +49,36 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components[model.__name__] = body
     app.openapi_schema = schema
     return schema
+
+
+class AnswerUnexpected:
+    """Answer an unexpected exception with the -2 envelope instead of letting it out.
+
+    Starlette's handler for `Exception` answers but then re-raises, and the server closes the
+    connection: a client keeping the connection alive sees its next request fail."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise  # half an answer is out: only closing the connection is honest
+            log.exception("unhandled error", error_type=type(exc).__name__)
+            await envelope.unexpected()(scope, receive, send)
 
 
 def create_app(ctx: OrdersContext, *, worker: bool = True, poll_seconds: float = 1.0) -> FastAPI:
@@ -101,21 +133,21 @@ def create_app(ctx: OrdersContext, *, worker: bool = True, poll_seconds: float =
             message = str(exc.detail)
             headers = {}
         return JSONResponse(
-            {"code": int(Code.INVALID), "errors": message},
+            envelope.error_body(int(Code.INVALID), message),
             status_code=exc.status_code,
             headers=headers,
         )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"code": int(Code.INVALID), "errors": "the request could not be read"})
+        return JSONResponse(envelope.error_body(int(Code.INVALID), "the request could not be read"))
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         # The details go to the log only: clients get the envelope, never a stack trace.
         log.exception("unhandled error", error_type=type(exc).__name__)
-        error = ApiError(Code.UNEXPECTED, "unexpected error; nothing was changed, try again")
-        return JSONResponse({"code": int(error.code), "errors": error.errors})
+        return envelope.unexpected()
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(AnswerUnexpected)  # last: outside every other middleware
     return app

@@ -109,7 +109,11 @@ def test_chunked_body_is_not_read_past_the_limit(service: Service, content_type:
     status, answer, consumed = _asgi_post(app, "/ssl/place", endless, headers)
     assert (status, answer) == (
         200,
-        {"code": -1, "errors": "request body is larger than 262144 bytes"},
+        {
+            "code": -1,
+            "errors": "request body is larger than 262144 bytes",
+            "msg": "request body is larger than 262144 bytes",
+        },
     )
     assert consumed <= 5  # 4 chunks fill the limit, the 5th passes it: reading stops there
 
@@ -119,7 +123,11 @@ def test_declared_length_over_the_limit_is_refused_unread(service: Service) -> N
     configure_limits(app, ApiGuard(ApiLimits(max_body_bytes=1024)))
     headers = [(b"content-type", b"application/json"), (b"content-length", b"999999")]
     _status, answer, consumed = _asgi_post(app, "/ssl/collect", iter([b"{}"]), headers)
-    assert answer == {"code": -1, "errors": "request body is larger than 1024 bytes"}
+    assert answer == {
+        "code": -1,
+        "errors": "request body is larger than 1024 bytes",
+        "msg": "request body is larger than 1024 bytes",
+    }
     assert consumed == 0
 
 
@@ -129,6 +137,7 @@ def test_over_long_scalar_fields_are_refused_without_echo(service: Service) -> N
     assert answer == {
         "code": -1,
         "errors": {"api_token": ["api_token is 203 characters long; at most 128 allowed"]},
+        "msg": "api_token: api_token is 203 characters long; at most 128 allowed",
     }
     fields = {"certId": "c" * 65, "reason": "r" * 1025, "refId": "f" * 129}
     answer = service.call("cancel", **fields)
@@ -249,6 +258,7 @@ def test_per_address_rate_limit_answers_429_with_retry_after(service: Service) -
     assert limited.json() == {
         "code": 429,
         "errors": "too many requests from this address; retry after 2 seconds",
+        "msg": "too many requests from this address; retry after 2 seconds",
     }
     clock.now += 2  # one token back at 0.5 per second
     assert service.call("country")["code"] == 1

@@ -218,7 +218,7 @@ def test_ov_contacts_are_checked_per_role_and_field(service: Service) -> None:
     )
     assert result["code"] == -1
     errors = result["errors"]
-    assert "The administrator's postCode is required" in errors["Administrator"]
+    assert "The administrator’s postCode is required" in errors["Administrator"]
     assert "tech" not in errors
     assert "organizationInfo.organizationPostCode" in errors
     assert service.counts() == (0, 0)

@@ -76,13 +76,17 @@ def test_get_is_refused_in_the_envelope(service: Service) -> None:
     response = service.client.get("/ssl/collect")
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
-    assert response.json() == {"code": -1, "errors": "every endpoint takes POST only"}
+    assert response.json() == {
+        "code": -1,
+        "errors": "every endpoint takes POST only",
+        "msg": "every endpoint takes POST only",
+    }
 
 
 def test_unknown_endpoint_answers_in_the_envelope(service: Service) -> None:
     response = service.client.post("/ssl/frobnicate", data={"api_token": service.token})
     assert response.status_code == 404
-    assert response.json() == {"code": -1, "errors": "unknown endpoint"}
+    assert response.json() == {"code": -1, "errors": "unknown endpoint", "msg": "unknown endpoint"}
 
 
 def test_bad_token_is_400_in_the_body(service: Service) -> None:
@@ -108,7 +112,8 @@ def test_non_json_params_and_bad_bodies(service: Service) -> None:
     )
     assert bad_json.status_code == 200 and bad_json.json()["code"] == -1
     array = service.client.post("/ssl/place", json=[1, 2])
-    assert array.json() == {"code": -1, "errors": "the JSON body must be an object of fields"}
+    assert array.json()["errors"] == "the JSON body must be an object of fields"
+    assert array.json()["msg"] == "the JSON body must be an object of fields"
     xml = service.client.post("/ssl/place", content=b"<a/>", headers={"content-type": "text/xml"})
     assert xml.json()["code"] == -1 and "Content-Type" in xml.json()["errors"]
 

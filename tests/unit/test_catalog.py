@@ -153,7 +153,7 @@ def test_ev_never_wildcard_or_ip(catalog: Catalog) -> None:
 def test_to_wire_is_exact_spec_object(catalog: Catalog) -> None:
     for p in catalog.products():
         wire = p.to_wire()
-        assert set(wire) == SPEC_36_KEYS, p.code
+        assert set(wire) == SPEC_36_KEYS | {"vendor"}, p.code  # vendor: clients read it
         for key in ("supportWildcard", "supportStandard", "supportIp", "supportSan"):
             assert wire[key] in ("Y", "N")
         price = wire["price"]
@@ -168,6 +168,7 @@ def test_to_wire_example(catalog: Catalog) -> None:
     assert catalog.require("sectigo-multi-domain").to_wire() == {
         "code": "sectigo-multi-domain",
         "productName": "Sectigo DV Multi-Domain SSL",
+        "vendor": "Sectigo",
         "supportWildcard": "N",
         "supportStandard": "Y",
         "supportIp": "N",
@@ -218,7 +219,7 @@ def test_get_and_require_unknown(catalog: Catalog) -> None:
     with pytest.raises(NotSoldError) as info:
         catalog.require("no-such-product")
     assert str(info.value) == (
-        "productCode 'no-such-product' is unknown; call productList for the codes on sale"
+        "productCode ‘no-such-product’ is unknown; call productList for the codes on sale"
     )
 
 

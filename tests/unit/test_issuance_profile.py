@@ -289,13 +289,13 @@ def test_new_serial() -> None:
 @pytest.mark.parametrize(
     ("names", "level", "organization", "message"),
     [
-        (["ex_ample.com"], "dv", None, "label 'ex_ample' contains '_'"),
+        (["ex_ample.com"], "dv", None, "label ‘ex_ample’ contains ‘_’"),
         (["-bad.example.com"], "dv", None, "starts or ends with a hyphen"),
         (["ab--cd.example.com"], "dv", None, "reserved for IDNA"),
         (["xn--bcher-kva5a6e.example.com"], "dv", None, "not a valid IDNA 2008 A-label"),
         (["shop.example.corp"], "dv", None, "internal names cannot be certified"),
         (["localhost"], "dv", None, "not a fully qualified"),
-        (["*.*.example.com"], "dv", None, "label '\\*' contains '\\*'"),
+        (["*.*.example.com"], "dv", None, "label ‘\\*’ contains ‘\\*’"),
         ([], "dv", None, "at least one name"),
         ([""], "dv", None, "name is empty"),
         (["10.0.0.1"], "dv", None, "10.0.0.1 is a reserved IP address"),

@@ -224,7 +224,7 @@ def test_all_problems_reported_at_once() -> None:
         (
             '{"server": "nginx"',
             "params must be a JSON object; the string is not valid JSON "
-            "(Expecting ',' delimiter at line 1 column 19)",
+            "(Expecting ’,’ delimiter at line 1 column 19)",
         ),
         ("[1, 2]", "params must be a JSON object, got an array"),
         ('"text"', "params must be a JSON object, got a string"),
@@ -363,7 +363,7 @@ def test_server_optional_on_replace() -> None:
         (
             [{"domainName": 7, "dcvMethod": "CNAME_CSR_HASH"}],
             "domainInfo.0.domainName",
-            "'7' is not a fully qualified domain name (needs a dot)",
+            "‘7’ is not a fully qualified domain name (needs a dot)",
         ),
         (
             names(*(f"d{i}.example.com" for i in range(1001))),
@@ -387,20 +387,20 @@ def test_domain_name_stripped_and_lower_cased() -> None:
         ("localhost", "is not a fully qualified domain name"),
         ("example..com", "has an empty label"),
         (".example.com", "has an empty label"),
-        ("-a.example.com", "label '-a' starts or ends with a hyphen"),
-        ("a-.example.com", "label 'a-' starts or ends with a hyphen"),
-        ("a_b.example.com", "label 'a_b' contains '_'; only letters, digits and hyphens"),
-        ("exa mple.com", "label 'exa mple' contains ' '"),
-        ("http://example.com", "label 'http://example' contains ':'"),
+        ("-a.example.com", "label ‘-a’ starts or ends with a hyphen"),
+        ("a-.example.com", "label ‘a-’ starts or ends with a hyphen"),
+        ("a_b.example.com", "label ‘a_b’ contains ‘_’; only letters, digits and hyphens"),
+        ("exa mple.com", "label ‘exa mple’ contains ‘ ’"),
+        ("http://example.com", "label ‘http://example’ contains ‘:’"),
         ("a" * 64 + ".com", "is 64 characters; at most 63 allowed"),
         (".".join(["a" * 63] * 4), "name is 255 characters; at most 253 allowed"),
-        ("www.*.example.com", "'*' is only allowed as the whole leftmost label"),
-        ("*.*.example.com", "label '*' contains '*'"),
-        ("w*.example.com", "'*' is only allowed as the whole leftmost label"),
-        ("*.com", "a wildcard needs at least two labels after '*.'"),
+        ("www.*.example.com", "‘*’ is only allowed as the whole leftmost label"),
+        ("*.*.example.com", "label ‘*’ contains ‘*’"),
+        ("w*.example.com", "‘*’ is only allowed as the whole leftmost label"),
+        ("*.com", "a wildcard needs at least two labels after ‘*.’"),
         ("xn--bcher-kva5a6e.de", "is not a valid IDNA 2008 A-label"),
-        ("1.2.3.4.5", "the top-level label '5' is all-numeric"),
-        ("256.1.1.1", "the top-level label '1' is all-numeric"),
+        ("1.2.3.4.5", "the top-level label ‘5’ is all-numeric"),
+        ("256.1.1.1", "the top-level label ‘1’ is all-numeric"),
         ("fe80::1%eth0", "an IPv6 zone id (%...) is not allowed"),
         ("shop.example.corp", "internal names cannot be certified (BR 4.2.2)"),
         ("co.uk", "co.uk is a public suffix"),
@@ -924,7 +924,7 @@ def test_csr_with_key_and_crlf_accepted() -> None:
         (
             ov(tech={**CONTACT, "email": "e" * 256}),
             "tech",
-            "The tech's email is 256 characters long; at most 255 allowed",
+            "The tech’s email is 256 characters long; at most 255 allowed",
         ),
     ],
 )
@@ -998,7 +998,7 @@ def test_organization_empty_phone_reports_only_phone() -> None:
             "organizationInfo must be a JSON object, got an array",
         ),
         (
-            "{'organizationName': 'x'}",
+            "{‘organizationName’: ‘x’}",
             "organizationInfo",
             "organizationInfo must be a JSON object; the string is not valid JSON "
             "(Expecting property name enclosed in double quotes at line 1 column 2)",
@@ -1039,7 +1039,7 @@ ROLE_FIELDS = ["organation", "address", "city", "state", "postCode", "country"]
 def test_contact_field_required_per_role(key: str, role: str, missing: str) -> None:
     contact = {k: v for k, v in CONTACT.items() if k != missing}
     assert errors_of(ov(**{key: contact}), "sectigo-ov") == {
-        key: [f"The {role}'s {missing} is required"]
+        key: [f"The {role}’s {missing} is required"]
     }
 
 
@@ -1049,9 +1049,9 @@ def test_missing_contacts_listed_per_field_and_role() -> None:
         "sectigo-ov-wildcard",
     )
     assert errors == {
-        "Administrator": [f"The administrator's {f} is required" for f in ROLE_FIELDS],
-        "tech": [f"The tech's {f} is required" for f in ROLE_FIELDS],
-        "finance": [f"The finance's {f} is required" for f in ROLE_FIELDS],
+        "Administrator": [f"The administrator’s {f} is required" for f in ROLE_FIELDS],
+        "tech": [f"The tech’s {f} is required" for f in ROLE_FIELDS],
+        "finance": [f"The finance’s {f} is required" for f in ROLE_FIELDS],
     }
 
 
@@ -1060,15 +1060,15 @@ def test_contact_organization_spelling_hint() -> None:
     contact["organization"] = "上海锐成"
     assert errors_of(ov(finance=contact), "sectigo-ov") == {
         "finance": [
-            "The finance's organation is required (the API spells this key 'organation'; "
-            "'organization' is ignored)"
+            "The finance’s organation is required (the API spells this key ‘organation’; "
+            "‘organization’ is ignored)"
         ]
     }
 
 
 def test_contact_country_invalid_and_normalised() -> None:
     assert errors_of(ov(tech={**CONTACT, "country": "UK"}), "sectigo-ov") == {
-        "tech": ["The tech's country UK is not an ISO 3166-1 alpha-2 country code"]
+        "tech": ["The tech’s country UK is not an ISO 3166-1 alpha-2 country code"]
     }
     result = parse_order_params(ov(tech={**CONTACT, "country": "gb"}), product("sectigo-ov"))
     assert result.tech is not None and result.tech.country == "GB"
@@ -1091,7 +1091,7 @@ def test_dv_contacts_optional_but_country_checked() -> None:
     assert result.administrator == Contact(email="a@example.com")
     assert errors_of(dv(Administrator={"email": "a@example.com", "country": "XX"})) == {
         "Administrator": [
-            "The administrator's country XX is not an ISO 3166-1 alpha-2 country code"
+            "The administrator’s country XX is not an ISO 3166-1 alpha-2 country code"
         ]
     }
     assert errors_of(dv(organizationInfo={"organizationCountry": "XX"})) == {

@@ -361,14 +361,14 @@ def corpus(
         ("bad key usage", "CSR extension request does not parse"),
         (
             "underscore san",
-            "CSR subjectAltName DNS name 'a_b.example.com' is not a valid name: "
-            "'a_b.example.com': label 'a_b' contains '_'",
+            "CSR subjectAltName DNS name ‘a_b.example.com’ is not a valid name: "
+            "‘a_b.example.com’: label ‘a_b’ contains ‘_’",
         ),
-        ("ip in dns san", "CSR subjectAltName DNS name '192.0.2.1' is an IP address"),
-        ("bad cn", "CSR common name 'My Company Ltd' is not a valid name"),
+        ("ip in dns san", "CSR subjectAltName DNS name ‘192.0.2.1’ is an IP address"),
+        ("bad cn", "CSR common name ‘My Company Ltd’ is not a valid name"),
         ("two cns", "CSR subject has 2 common names; at most one is allowed"),
         ("no names", "CSR names no domain"),
-        ("bad wildcard", "CSR common name '*.com' is not a valid name"),
+        ("bad wildcard", "CSR common name ‘*.com’ is not a valid name"),
     ],
 )
 def test_broken_csr(corpus: Corpus, case: str, message: str) -> None:
@@ -456,7 +456,7 @@ def test_build_csr_long_first_name_has_no_cn(ec_key: ec.EllipticCurvePrivateKey)
 def test_build_csr_errors(ec_key: ec.EllipticCurvePrivateKey) -> None:
     with pytest.raises(CsrError, match="cannot build a CSR without names"):
         build_csr(ec_key, [])
-    with pytest.raises(CsrError, match=r"CSR name 'bad_name\.com' is not a valid name"):
+    with pytest.raises(CsrError, match=r"CSR name ‘bad_name\.com’ is not a valid name"):
         build_csr(ec_key, ["ok.example.com", "bad_name.com"])
     with pytest.raises(TypeError, match="not a single string"):
         build_csr(ec_key, "example.com")

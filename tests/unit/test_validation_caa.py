@@ -114,7 +114,7 @@ def test_wildcard_falls_back_to_issue(dns_server: ChallTestSrv, zone: str) -> No
 def test_empty_issue_forbids_everyone(dns_server: ChallTestSrv, zone: str) -> None:
     dns_server.add_caa(zone, ("issue", ";"))
     assert caa(zone, dns_server.resolver) == CheckResult(
-        False, f'CAA at {zone} forbids issuance by any CA (issue ";")'
+        False, f"CAA at {zone} forbids issuance by any CA (issue ‘;’)"
     )
 
 
@@ -128,7 +128,7 @@ def test_iodef_alone_does_not_restrict(dns_server: ChallTestSrv, zone: str) -> N
 def test_malformed_issue_value_authorizes_nobody(dns_server: ChallTestSrv, zone: str) -> None:
     dns_server.add_caa(zone, ("issue", "not a domain"))
     assert caa(zone, dns_server.resolver) == CheckResult(
-        False, f"CAA at {zone} has an invalid issue value 'not a domain'; it authorizes no CA"
+        False, f"CAA at {zone} has an invalid issue value ‘not a domain’; it authorizes no CA"
     )
 
 
@@ -173,7 +173,7 @@ def test_unknown_critical_tag_refuses(tiny: TinyDnsServer) -> None:
     tiny.add("example.com", "CAA", '128 tbs "unknown"')
     assert caa("www.example.com", tiny.resolver) == CheckResult(
         False,
-        "CAA at example.com has the critical property 'tbs', unknown to this CA; "
+        "CAA at example.com has the critical property ‘tbs’, unknown to this CA; "
         "issuance refused (RFC 8659 4.1)",
     )
 

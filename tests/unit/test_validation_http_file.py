@@ -191,8 +191,8 @@ def test_wrong_content(http: DcvHttpServer) -> None:
     result = check(http.port)
     url = f"http://{NAME}:{http.port}{PATH}"
     assert result.detail == (
-        f"content mismatch at {url}: expected first line 'f7b3b82e12a4b76d0532…',"
-        " found 'zzzzzzzzzzzzzzzzzzzz…'"
+        f"content mismatch at {url}: expected first line ‘f7b3b82e12a4b76d0532…’,"
+        " found ‘zzzzzzzzzzzzzzzzzzzz…’"
     )
     assert not result.ok
 
@@ -200,7 +200,7 @@ def test_wrong_content(http: DcvHttpServer) -> None:
 def test_missing_second_line_is_named(http: DcvHttpServer) -> None:
     http.serve_file(FILE, SHA)
     result = check(http.port)
-    assert result.detail.endswith("expected line 2 'sectigo.com', found nothing")
+    assert result.detail.endswith("expected line 2 ‘sectigo.com’, found nothing")
 
 
 def test_empty_file(http: DcvHttpServer) -> None:
@@ -317,8 +317,8 @@ def test_redirect_to_a_name_for_the_metadata_address(http: DcvHttpServer) -> Non
 @pytest.mark.parametrize(
     ("location", "detail"),
     [
-        ("ftp://shop.example.test/x", "redirect to scheme 'ftp' refused (only http and https)"),
-        ("http://bad_host!/x", "invalid redirect target 'http://bad_host!/x'"),
+        ("ftp://shop.example.test/x", "redirect to scheme ‘ftp’ refused (only http and https)"),
+        ("http://bad_host!/x", "invalid redirect target ‘http://bad_host!/x’"),
     ],
 )
 def test_redirect_targets_refused(http: DcvHttpServer, location: str, detail: str) -> None:

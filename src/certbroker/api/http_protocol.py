@@ -187,7 +187,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _431(self, reason: str) -> bytes:
         # The API envelope, like the 429 of the rate limits (docs/API.md).
-        body = json.dumps({"code": 431, "errors": f"request {reason}"}).encode()
+        text = f"request {reason}"
+        body = json.dumps({"code": 431, "errors": text, "msg": text}).encode()
         lines = [b"HTTP/1.1 431 Request Header Fields Too Large"]
         lines += [name + b": " + value for name, value in self.server_state.default_headers]
         lines += [

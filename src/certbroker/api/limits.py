@@ -99,11 +99,11 @@ class RateLimited(Exception):
         return str(max(1, math.ceil(self.retry_after)))
 
     def body(self) -> dict[str, Any]:
-        return {
-            "code": RATE_LIMITED_CODE,
-            "errors": f"too many requests from this {self.scope}; "
-            f"retry after {self.retry_after_header} seconds",
-        }
+        text = (
+            f"too many requests from this {self.scope}; "
+            f"retry after {self.retry_after_header} seconds"
+        )
+        return {"code": RATE_LIMITED_CODE, "errors": text, "msg": text}
 
 
 @dataclass

@@ -35,6 +35,8 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Literal, cast
 
+from certbroker.pki.text import quoted
+
 ValidationType = Literal["dv", "ov", "ev"]
 
 VENDORS: tuple[str, ...] = ("Sectigo", "sslTrus", "Certum", "Thawte", "Digicert")
@@ -136,6 +138,7 @@ class Product:
         return {
             "code": self.code,
             "productName": self.product_name,
+            "vendor": self.vendor,
             "supportWildcard": _yn(self.support_wildcard),
             "supportStandard": _yn(self.support_standard),
             "supportIp": _yn(self.support_ip),
@@ -198,7 +201,8 @@ class Catalog:
             if not code:
                 raise NotSoldError("productCode is required")
             raise NotSoldError(
-                f"productCode {code!r} is unknown; call productList for the codes on sale",
+                f"productCode {quoted(code, 100)} is unknown; "
+                "call productList for the codes on sale",
             )
         return product
 

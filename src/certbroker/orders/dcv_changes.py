@@ -128,11 +128,13 @@ def batch_update_dcv(
     method: object,
     email: object,
     domain_info: object,
+    operation: Operation = Operation.BATCH_UPDATE_DCV,
 ) -> str:
-    """batchUpdateDCV (SPEC 4.10): domainInfo wins over dcvMethod; neither = re-check now."""
+    """batchUpdateDCV (SPEC 4.10): domainInfo wins over dcvMethod; neither = re-check now.
+    `operation`: the call as the client named it (updateDCV sent with domainInfo only)."""
     now = ctx.clock.now()
     with ctx.db.transaction() as session:
-        order = _pending(session, account, cert_id, Operation.UPDATE_DCV)
+        order = _pending(session, account, cert_id, operation)
         pending = [n for n in order.names if n.verified_at is None]
         if domain_info not in (None, "", [], "[]"):
             items = decode_json_field(domain_info, "domainInfo", list)
@@ -233,6 +235,6 @@ def remove_failed_domains(ctx: OrdersContext, account: AccountRef, cert_id: obje
     """batchRemoveMdcDomain (SPEC 4.12): drop every name that has not passed validation."""
     now = ctx.clock.now()
     with ctx.db.transaction() as session:
-        order = _pending(session, account, cert_id, Operation.REMOVE_DOMAIN)
+        order = _pending(session, account, cert_id, Operation.BATCH_REMOVE_DOMAIN)
         rows = [n for n in order.names if n.verified_at is None]
         return _remove(ctx, session, order, rows, now)

@@ -54,6 +54,12 @@ SUBSCRIBER_REASONS = {
     "cessationOfOperation": 5,
 }
 _REASON_LOOKUP = {name.lower(): code for name, code in SUBSCRIBER_REASONS.items()}
+# RFC 5280 reasons a subscriber may not give: named, they are refused, not taken as free text.
+_OTHER_RFC_REASONS = frozenset(
+    {"cacompromise", "certificatehold", "removefromcrl", "privilegewithdrawn", "aacompromise"}
+)
+DEFAULT_REISSUE_REASON = "reissue requested"
+MAX_NOTE_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -196,9 +202,8 @@ def reissue(
     csr: object,
 ) -> Order:
     """A new certificate for the same names: new key unless a CSR is sent, no charge."""
-    reason_text = str(reason).strip() if reason is not None else ""
-    if not reason_text:
-        raise ApiError(Code.INVALID, {"reason": ["reason is required"]})
+    # Clients send no reason: the SPEC's required field gets a documented default.
+    reason_text = (str(reason).strip() if reason is not None else "") or DEFAULT_REISSUE_REASON
     ref_id = _ref_id(ref_id_raw)
     with ctx.db.transaction() as session:
         old = load_order(session, account, cert_id)
@@ -307,22 +312,28 @@ def replace(
         return _create_successor(ctx, session, old, change, ref_id, "replace", "replace")
 
 
-def parse_reason(raw: object) -> int:
+def parse_reason(raw: object) -> tuple[int, str | None]:
+    """The RFC 5280 reason code, and the client's text when it was no reason name or number.
+
+    Clients send a free-text reason as they do for cancel ("Customer requested revocation"):
+    that is `unspecified` (0), the text kept as the note. Another RFC 5280 reason, by name or
+    number, is still refused: it names a reason, just not one a subscriber may give."""
     if raw is None or not str(raw).strip():
-        return 0
+        return 0, None
     text = str(raw).strip()
-    if text.isdigit():
-        code = int(text)
-        if code in SUBSCRIBER_REASONS.values():
-            return code
-    elif (key := text.replace("_", "").replace(" ", "").lower()) in _REASON_LOOKUP:
-        return _REASON_LOOKUP[key]
-    allowed = ", ".join(f"{name} ({code})" for name, code in SUBSCRIBER_REASONS.items())
-    raise ApiError.invalid(
-        "reason",
-        f"reason {text[:40]} is not a revocation reason a subscriber "
-        f"may give (BR 7.2.2); use one of {allowed}",
-    )
+    key = text.replace("_", "").replace(" ", "").lower()
+    if key in _REASON_LOOKUP:
+        return _REASON_LOOKUP[key], None
+    if text.isdigit() or key in _OTHER_RFC_REASONS:
+        if text.isdigit() and int(text) in SUBSCRIBER_REASONS.values():
+            return int(text), None
+        allowed = ", ".join(f"{name} ({code})" for name, code in SUBSCRIBER_REASONS.items())
+        raise ApiError.invalid(
+            "reason",
+            f"reason {text[:40]} is not a revocation reason a subscriber "
+            f"may give (BR 7.2.2); use one of {allowed}",
+        )
+    return 0, text[:MAX_NOTE_CHARS]
 
 
 def revoke_certificates(session: Session, order: Order, reason: int, now: datetime) -> int:
@@ -354,15 +365,16 @@ def revoke(ctx: OrdersContext, account: AccountRef, cert_id: object, reason: obj
     with ctx.db.transaction() as session:
         order = load_order(session, account, cert_id, lock=True)
         require_allowed(Operation.REVOKE, order.status)
-        code = parse_reason(reason)
+        code, note = parse_reason(reason)
         count = revoke_certificates(session, order, code, now)
         order.status = Status.REVOKED
         order.renew_due_at = None
         order.issue_due_at = None
         order.updated_at = now
-        record_event(
-            session, order, "certificate.revoked", {"reason": code, "certificates": count}, now
-        )
+        payload: dict[str, Any] = {"reason": code, "certificates": count}
+        if note is not None:
+            payload["note"] = note
+        record_event(session, order, "certificate.revoked", payload, now)
     publish_revocations(ctx)
 
 

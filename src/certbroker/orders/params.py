@@ -35,6 +35,7 @@ from certbroker.catalog.countries import is_country_code
 from certbroker.orders.approvers import LOCAL_PARTS, approver_addresses
 from certbroker.orders.errors import ApiError, Code, FieldErrors
 from certbroker.pki.names import NameKind, classify_name
+from certbroker.pki.text import safe_text
 from certbroker.policy.names import DEFAULT_POLICY, NamePolicy, NameRefused
 
 __all__ = [
@@ -294,7 +295,7 @@ def decode_json_field(
             raise ApiError.invalid(
                 field,
                 f"{field} must be {wanted}; the string is not valid JSON "
-                f"({exc.msg} at line {exc.lineno} column {exc.colno})",
+                f"({safe_text(exc.msg)} at line {exc.lineno} column {exc.colno})",
             ) from None
         except (ValueError, RecursionError):
             # NaN/Infinity, over-long integers, pathological nesting
@@ -668,18 +669,18 @@ def _contact(
     need_fields = required if obj is None else complete
     values: dict[str, str | None] = {}
     for attr, wire in _CONTACT_KEYS:
-        value = _text(errs, source, wire, key, label=f"The {role}'s {wire}")
+        value = _text(errs, source, wire, key, label=f"The {role}’s {wire}")
         if value is None and need_fields and wire in _CONTACT_REQUIRED:
-            message = f"The {role}'s {wire} is required"  # live wording (SPEC 3.3)
+            message = f"The {role}’s {wire} is required"  # live wording (SPEC 3.3)
             if wire == "organation" and not _absent(source.get("organization")):
-                message += " (the API spells this key 'organation'; 'organization' is ignored)"
+                message += " (the API spells this key ‘organation’; ‘organization’ is ignored)"
             errs.add(key, message)
         values[attr] = value
     if obj is None:
         return None
     country, ok = _country(values["country"])
     if not ok:
-        errs.add(key, f"The {role}'s country {country} is not an ISO 3166-1 alpha-2 country code")
+        errs.add(key, f"The {role}’s country {country} is not an ISO 3166-1 alpha-2 country code")
     values["country"] = country
     if values["id_type"] is not None:
         values["id_type"] = values["id_type"].upper()

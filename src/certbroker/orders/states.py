@@ -26,7 +26,9 @@ class Operation(StrEnum):
     COLLECT = "collect"
     CANCEL = "cancel"
     UPDATE_DCV = "updateDCV"
+    BATCH_UPDATE_DCV = "batchUpdateDCV"
     REMOVE_DOMAIN = "removeMdcDomain"
+    BATCH_REMOVE_DOMAIN = "batchRemoveMdcDomain"
     REISSUE = "reissue"
     REPLACE = "replace"
     RENEW = "renew"
@@ -38,7 +40,9 @@ ALLOWED: dict[Operation, frozenset[Status]] = {
     Operation.COLLECT: frozenset(Status),
     Operation.CANCEL: frozenset({Status.PENDING, Status.COMPLETE}),
     Operation.UPDATE_DCV: frozenset({Status.PENDING}),
+    Operation.BATCH_UPDATE_DCV: frozenset({Status.PENDING}),
     Operation.REMOVE_DOMAIN: frozenset({Status.PENDING}),
+    Operation.BATCH_REMOVE_DOMAIN: frozenset({Status.PENDING}),
     Operation.REISSUE: frozenset({Status.COMPLETE}),
     Operation.REPLACE: frozenset({Status.COMPLETE}),
     Operation.RENEW: frozenset({Status.COMPLETE, Status.EXPIRED}),

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from .keys import PrivateKey, PublicKey, describe_key
 from .names import NameSyntaxError, classify_name, normalize_name
+from .text import quoted, safe_text
 
 MAX_CSR_PEM_BYTES: Final = 32 * 1024
 # RFC 5280 Appendix A: ub-common-name INTEGER ::= 64
@@ -74,10 +75,14 @@ def _extract_der(text: str) -> bytes:
         raise CsrError("no PEM block found; expected -----BEGIN CERTIFICATE REQUEST-----")
     labels = [b.strip() for b in blocks]
     if len(labels) > 1:
-        raise CsrError(f"expected exactly one PEM block, found {len(labels)} ({', '.join(labels)})")
+        raise CsrError(
+            f"expected exactly one PEM block, found {len(labels)} "
+            f"({safe_text(', '.join(labels), 200)})"
+        )
     label = labels[0]
     if label not in _CSR_LABELS:
-        raise CsrError(f"expected a CERTIFICATE REQUEST PEM block, found {label or 'no label'}")
+        found = safe_text(label, 100) if label else "no label"
+        raise CsrError(f"expected a CERTIFICATE REQUEST PEM block, found {found}")
     begin = f"-----BEGIN {blocks[0]}-----"
     end = f"-----END {blocks[0]}-----"
     start = text.index(begin) + len(begin)
@@ -118,7 +123,7 @@ def _normalize(raw: str, where: str) -> str:
     try:
         return normalize_name(raw)
     except NameSyntaxError as exc:
-        raise CsrError(f"CSR {where} {raw!r} is not a valid name: {exc}") from exc
+        raise CsrError(f"CSR {where} {quoted(raw)} is not a valid name: {exc}") from exc
 
 
 def _common_name(csr: x509.CertificateSigningRequest) -> str | None:
@@ -152,7 +157,9 @@ def _san_entries(csr: x509.CertificateSigningRequest) -> tuple[list[str], list[s
         if isinstance(entry, x509.DNSName):
             name = _normalize(entry.value, "subjectAltName DNS name")
             if classify_name(name) == "ip":
-                raise CsrError(f"CSR subjectAltName DNS name {entry.value!r} is an IP address")
+                raise CsrError(
+                    f"CSR subjectAltName DNS name {quoted(entry.value)} is an IP address"
+                )
             if name not in dns:
                 dns.append(name)
         elif isinstance(entry, x509.IPAddress):

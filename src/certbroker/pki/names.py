@@ -17,6 +17,8 @@ from typing import Final, Literal
 
 import idna
 
+from .text import quoted, safe_text
+
 NameKind = Literal["dns", "wildcard", "ip"]
 
 MAX_NAME_LENGTH: Final = 253  # RFC 1035 2.3.4: 255 octets on the wire = 253 text characters
@@ -36,7 +38,9 @@ def _to_a_labels(text: str) -> str:
     try:
         return idna.encode(text, uts46=True, transitional=False).decode("ascii")
     except idna.IDNAError as exc:
-        raise NameSyntaxError(f"{text!r} is not a valid IDNA 2008 name ({exc})") from exc
+        raise NameSyntaxError(
+            f"{quoted(text)} is not a valid IDNA 2008 name ({safe_text(str(exc))})"
+        ) from exc
 
 
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -45,7 +49,9 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
-        raise NameSyntaxError(f"{text!r}: an IPv6 zone id (%...) is not allowed in a certificate")
+        raise NameSyntaxError(
+            f"{quoted(text)}: an IPv6 zone id (%...) is not allowed in a certificate"
+        )
     return ip
 
 
@@ -69,7 +75,7 @@ def normalize_name(raw: str) -> str:
     if text.endswith("."):
         text = text[:-1]
     if not text:
-        raise NameSyntaxError(f"{raw.strip()!r} is not a domain name")
+        raise NameSyntaxError(f"{quoted(raw.strip())} is not a domain name")
     name = text
     classify_name(name)
     return name
@@ -77,21 +83,21 @@ def normalize_name(raw: str) -> str:
 
 def _check_label(label: str, name: str) -> None:
     if not label:
-        raise NameSyntaxError(f"{name!r} has an empty label")
+        raise NameSyntaxError(f"{quoted(name)} has an empty label")
     if len(label) > MAX_LABEL_LENGTH:
         raise NameSyntaxError(
-            f"{name!r}: label {label[:20]!r}... is {len(label)} characters; "
+            f"{quoted(name)}: label {quoted(label[:20])}... is {len(label)} characters; "
             f"at most {MAX_LABEL_LENGTH} allowed (RFC 1035 2.3.4)"
         )
     if label.startswith("-") or label.endswith("-"):
         raise NameSyntaxError(
-            f"{name!r}: label {label!r} starts or ends with a hyphen (RFC 1034 3.5)"
+            f"{quoted(name)}: label {quoted(label)} starts or ends with a hyphen (RFC 1034 3.5)"
         )
     if not _LDH_LABEL.fullmatch(label):
         bad = next((c for c in label if not (c.isascii() and (c.isalnum() or c == "-"))), "?")
         raise NameSyntaxError(
-            f"{name!r}: label {label!r} contains {bad!r}; only letters, digits and hyphens "
-            "are allowed (RFC 1034 3.5, BR 7.1.2.7.12)"
+            f"{quoted(name)}: label {quoted(label)} contains {quoted(bad)}; only letters, "
+            "digits and hyphens are allowed (RFC 1034 3.5, BR 7.1.2.7.12)"
         )
     if label.startswith("xn--"):
         # An A-label must decode to a valid IDNA 2008 U-label and encode back to itself
@@ -102,12 +108,13 @@ def _check_label(label: str, name: str) -> None:
             valid = False
         if not valid:
             raise NameSyntaxError(
-                f"{name!r}: label {label!r} is not a valid IDNA 2008 A-label (RFC 5891 5.4)"
+                f"{quoted(name)}: label {quoted(label)} is not a valid IDNA 2008 A-label "
+                "(RFC 5891 5.4)"
             )
     elif label[2:4] == "--":
         # RFC 5891 4.2.3.1: hyphens in positions 3-4 are reserved for IDNA prefixes.
         raise NameSyntaxError(
-            f"{name!r}: label {label!r} has '--' in positions 3-4, which is reserved "
+            f"{quoted(name)}: label {quoted(label)} has ‘--’ in positions 3-4, which is reserved "
             "for IDNA (RFC 5891 4.2.3.1)"
         )
 
@@ -119,10 +126,12 @@ def classify_name(name: str) -> NameKind:
     ip = _parse_ip(name)
     if ip is not None:
         if str(ip) != name:
-            raise NameSyntaxError(f"{name!r} is not normalized (canonical form is {str(ip)!r})")
+            raise NameSyntaxError(
+                f"{quoted(name)} is not normalized (canonical form is {quoted(str(ip))})"
+            )
         return "ip"
     if name != name.lower() or name != name.strip():
-        raise NameSyntaxError(f"{name!r} is not normalized")
+        raise NameSyntaxError(f"{quoted(name)} is not normalized")
     if len(name) > MAX_NAME_LENGTH:
         raise NameSyntaxError(
             f"name is {len(name)} characters; at most {MAX_NAME_LENGTH} allowed (RFC 1035 2.3.4)"
@@ -136,20 +145,20 @@ def classify_name(name: str) -> NameKind:
         labels = labels[1:]
         if len(labels) < 2:
             raise NameSyntaxError(
-                f"{name!r}: a wildcard needs at least two labels after '*.' (BR 3.2.2.6)"
+                f"{quoted(name)}: a wildcard needs at least two labels after ‘*.’ (BR 3.2.2.6)"
             )
     elif "*" in name:
         raise NameSyntaxError(
-            f"{name!r}: '*' is only allowed as the whole leftmost label, as in '*.example.com' "
-            "(RFC 6125 6.4.3)"
+            f"{quoted(name)}: ‘*’ is only allowed as the whole leftmost label, as in "
+            "‘*.example.com’ (RFC 6125 6.4.3)"
         )
     if len(labels) < 2:
-        raise NameSyntaxError(f"{name!r} is not a fully qualified domain name (needs a dot)")
+        raise NameSyntaxError(f"{quoted(name)} is not a fully qualified domain name (needs a dot)")
     for label in labels:
         _check_label(label, name)
     if labels[-1].isdigit():
         raise NameSyntaxError(
-            f"{name!r}: the top-level label {labels[-1]!r} is all-numeric "
+            f"{quoted(name)}: the top-level label {quoted(labels[-1])} is all-numeric "
             "(RFC 3696 2; not a valid IP address either)"
         )
     return kind
@@ -158,5 +167,5 @@ def classify_name(name: str) -> NameKind:
 def base_domain_of_wildcard(name: str) -> str:
     """``"*.a.com"`` -> ``"a.com"``."""
     if not name.startswith("*."):
-        raise NameSyntaxError(f"{name!r} is not a wildcard name")
+        raise NameSyntaxError(f"{quoted(name)} is not a wildcard name")
     return name[2:]

@@ -42,7 +42,7 @@ SPECIAL_USE: Final[dict[str, str]] = {
     "local": "RFC 6762 (multicast DNS)",
     "onion": "RFC 7686 (Tor)",
     "alt": "RFC 9476",
-    "internal": "ICANN's reservation for private use",
+    "internal": "ICANN’s reservation for private use",
     "home.arpa": "RFC 8375",
     # .arpa holds the Internet's infrastructure (reverse DNS, ENUM), not applicants' names.
     "arpa": "RFC 3172",
@@ -124,7 +124,7 @@ def willing_to_issue(name: str, policy: NamePolicy = DEFAULT_POLICY) -> None:
     for blocked in policy.blocked:
         if host == blocked or host.endswith("." + blocked):
             raise NameRefused(
-                name, "blocked", f"{name} is on this CA's blocklist ({blocked}); it is not issued"
+                name, "blocked", f"{name} is on this CA’s blocklist ({blocked}); it is not issued"
             )
 
 

@@ -36,6 +36,7 @@ import dns.exception
 import dns.rdatatype
 import dns.rrset
 
+from certbroker.pki.text import safe_text
 from certbroker.validation.resolver import dns_resolver, failure_reason, lookup
 from certbroker.validation.results import CheckResult
 
@@ -124,7 +125,7 @@ def _judge(node: str, props: list[_Property], *, wildcard: bool, ours: list[str]
         if prop.flags & CRITICAL_FLAG and prop.tag not in KNOWN_TAGS:
             return CheckResult(
                 False,
-                f"CAA at {node} has the critical property '{_excerpt(prop.tag)}', unknown to "
+                f"CAA at {node} has the critical property ‘{_excerpt(prop.tag)}’, unknown to "
                 "this CA; issuance refused (RFC 8659 4.1)",
             )
     tag = "issue"
@@ -144,10 +145,10 @@ def _judge(node: str, props: list[_Property], *, wildcard: bool, ours: list[str]
             return CheckResult(
                 False,
                 f"CAA{shown_tag} at {node} has an invalid {tag} value "
-                f"'{_excerpt(broken[0])}'; it authorizes no CA",
+                f"‘{_excerpt(broken[0])}’; it authorizes no CA",
             )
         return CheckResult(
-            False, f'CAA{shown_tag} at {node} forbids issuance by any CA ({tag} ";")'
+            False, f"CAA{shown_tag} at {node} forbids issuance by any CA ({tag} ‘;’)"
         )
     return CheckResult(
         False,
@@ -195,5 +196,5 @@ def _is_ip(host: str) -> bool:
 
 
 def _excerpt(text: str) -> str:
-    clean = "".join(c if c.isprintable() else "?" for c in text)
-    return clean if len(clean) <= _EXCERPT_CHARS else clean[:_EXCERPT_CHARS] + "…"
+    """A short piece of untrusted text, safe in a message (pki/text.py)."""
+    return safe_text(text, _EXCERPT_CHARS)

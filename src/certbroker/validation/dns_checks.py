@@ -19,6 +19,7 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from certbroker.pki.text import safe_text
 from certbroker.policy.public_suffixes import parents_to_registrable
 from certbroker.validation.resolver import Lookup, dns_resolver, failure_reason, lookup
 from certbroker.validation.results import CheckResult
@@ -80,7 +81,7 @@ def _describe(
     record: str, found: Lookup, targets: list[str], expected: str
 ) -> tuple[int, str, str]:
     if targets:
-        shown = ", ".join(targets)
+        shown = safe_text(", ".join(targets), 300)  # a DNS answer: outside text
         return _RANK["wrong"], record, f"CNAME {record} points to {shown}, expected {expected}"
     if found.status == "nxdomain":
         return _RANK["nxdomain"], record, f"{record} does not exist (NXDOMAIN)"

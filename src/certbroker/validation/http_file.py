@@ -34,6 +34,7 @@ from typing import Literal
 
 import httpx
 
+from certbroker.pki.text import safe_text
 from certbroker.validation.results import CheckResult
 from certbroker.validation.safe_addresses import (
     AddressPolicy,
@@ -96,12 +97,12 @@ async def check_http_file(
     means "no addresses", an exception means the lookup failed and its text is reported.
     """
     if scheme not in _DEFAULT_PORTS:
-        return CheckResult(False, f"unsupported scheme '{scheme}' (only http and https)")
+        return CheckResult(False, f"unsupported scheme ‘{_excerpt(scheme)}’ (only http and https)")
     if name.startswith("*."):
         # BR 3.2.2.4.18: "This method is NOT suitable for validating Wildcard Domain Names."
         return CheckResult(False, f"file validation cannot be used for the wildcard name {name}")
     if not _FILE_NAME.fullmatch(file_name):
-        return CheckResult(False, f"invalid validation file name '{_excerpt(file_name)}'")
+        return CheckResult(False, f"invalid validation file name ‘{_excerpt(file_name)}’")
     ports = allowed_ports if allowed_ports is not None else (http_port, https_port)
     try:
         url = httpx.URL(
@@ -111,9 +112,9 @@ async def check_http_file(
             path=WELL_KNOWN_DIR + file_name,
         )
     except (httpx.InvalidURL, UnicodeError) as exc:
-        return CheckResult(False, f"invalid domain name '{_excerpt(name)}': {exc}")
+        return CheckResult(False, f"invalid domain name ‘{_excerpt(name)}’: {exc}")
     if not valid_host(ascii_host(url)):
-        return CheckResult(False, f"invalid domain name '{_excerpt(name)}'")
+        return CheckResult(False, f"invalid domain name ‘{_excerpt(name)}’")
 
     fetcher = _Fetcher(
         policy=policy,
@@ -207,7 +208,7 @@ class _Fetcher:
         for answer in answers:
             ip = parse_ip(answer)
             if ip is None:
-                return f"DNS lookup of {host} returned an invalid address '{_excerpt(answer)}'"
+                return f"DNS lookup of {host} returned an invalid address ‘{_excerpt(answer)}’"
             if ip not in addresses:
                 addresses.append(ip)
         if not addresses:
@@ -283,7 +284,7 @@ def _redirect_target(
         joined = current.join(location.strip())  # RFC 7231 7.1.2: relative to the request URL
         if joined.scheme not in _DEFAULT_PORTS:
             return _fail(
-                f"redirect to scheme '{_excerpt(joined.scheme)}' refused (only http and https)"
+                f"redirect to scheme ‘{_excerpt(joined.scheme)}’ refused (only http and https)"
                 f" at {current}",
                 current,
             )
@@ -296,9 +297,9 @@ def _redirect_target(
             raw_path=joined.raw_path,
         )
     except (httpx.InvalidURL, UnicodeError):
-        return _fail(f"invalid redirect target '{_excerpt(location)}' at {current}", current)
+        return _fail(f"invalid redirect target ‘{_excerpt(location)}’ at {current}", current)
     if not valid_host(ascii_host(target)):
-        return _fail(f"invalid redirect target '{_excerpt(location)}' at {current}", current)
+        return _fail(f"invalid redirect target ‘{_excerpt(location)}’ at {current}", current)
     if port not in ports:
         return _fail(f"redirect to port {port} refused (only {_and_list(ports)})", target)
     return target
@@ -328,10 +329,10 @@ def _describe_mismatch(body: str, expected: str) -> str:
         None,
     )
     if index is None:  # a custom matcher disagreed with the line comparison
-        return f"found first line '{_excerpt(found[0])}'"
+        return f"found first line ‘{_excerpt(found[0])}’"
     which = "first line" if index == 0 else f"line {index + 1}"
-    want_text = f"'{_excerpt(wanted[index])}'" if index < len(wanted) else "nothing"
-    have_text = f"'{_excerpt(found[index])}'" if index < len(found) else "nothing"
+    want_text = f"‘{_excerpt(wanted[index])}’" if index < len(wanted) else "nothing"
+    have_text = f"‘{_excerpt(found[index])}’" if index < len(found) else "nothing"
     return f"expected {which} {want_text}, found {have_text}"
 
 
@@ -343,9 +344,8 @@ def _lines(text: str) -> list[str]:
 
 
 def _excerpt(text: str) -> str:
-    """A short, printable piece of untrusted text for a detail message."""
-    clean = "".join(c if c.isprintable() else "?" for c in text)
-    return clean if len(clean) <= _EXCERPT_CHARS else clean[:_EXCERPT_CHARS] + "…"
+    """A short piece of untrusted text, safe in a message (pki/text.py)."""
+    return safe_text(text, _EXCERPT_CHARS)
 
 
 def _and_list(ports: tuple[int, ...]) -> str:

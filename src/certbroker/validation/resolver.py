@@ -12,6 +12,7 @@ import dns.rdatatype
 import dns.resolver
 import dns.rrset
 
+from certbroker.pki.text import safe_text
 from certbroker.validation.http_file import Resolver, system_resolve
 
 
@@ -89,7 +90,7 @@ def failure_reason(exc: dns.exception.DNSException, lifetime: float) -> str:
         codes = sorted({e[3] for e in errors if isinstance(e[3], str)})
         if codes:
             return ", ".join(codes)
-        texts = [f"{e[0]}: {e[3]}" for e in errors]
+        texts = [f"{e[0]}: {safe_text(str(e[3]), 200)}" for e in errors]
         return f"no server answered ({'; '.join(texts)})" if texts else "no server answered"
     if isinstance(exc, dns.resolver.NoResolverConfiguration):
         return "no DNS resolver configured"

@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from certbroker.orders.dcv import DcvBlock
 from certbroker.orders.issuing import CAA_PREFIX
 from certbroker.orders.reuse import REUSE_PREFIX
@@ -38,6 +41,12 @@ def dcv_output(view: OrderView) -> dict[str, Any]:
     return out
 
 
+def _is_rsa(certificate_pem: str) -> bool:
+    # The certificate's key is the order's key; parsing it is cheaper than the private key.
+    cert = x509.load_pem_x509_certificate(certificate_pem.encode("ascii"))
+    return isinstance(cert.public_key(), rsa.RSAPublicKey)
+
+
 def placed(view: OrderView) -> dict[str, Any]:
     return {
         "certId": view.cert_id,
@@ -55,9 +64,13 @@ def collect(view: OrderView, utc_offset_hours: int) -> dict[str, Any]:
     data: dict[str, Any] = {
         "certId": view.cert_id,
         "orderNum": view.order_num,
+        # Also top-level; some clients read it only here.
+        "status": view.status,
         "vendorId": "",
         "vendorCertId": "",
         "productCode": view.product_code,
+        # The validation type, as productList's validationType (dv, ov, ev).
+        "productType": view.validation_level,
         "applyTime": date(view.created_at),
         "dueDate": date(view.due_at),
         **dcv_output(view),
@@ -89,6 +102,8 @@ def collect(view: OrderView, utc_offset_hours: int) -> dict[str, Any]:
         # automatic reissue was dropped); "" otherwise.
         "lastError": view.last_error or "",
     }
+    # The spelling of clients written against older answers of the live service.
+    data["DCVInfo"] = data["dcvInfo"]
     if view.failure_reason:
         data["failureReason"] = view.failure_reason
     if view.history:
@@ -115,6 +130,9 @@ def collect(view: OrderView, utc_offset_hours: int) -> dict[str, Any]:
         )
         if issued.private_key is not None:
             data["privateKey"] = issued.private_key
+            if _is_rsa(issued.certificate):
+                # Older clients read the key under this name; it only ever named RSA keys.
+                data["rsaPrivateKey"] = issued.private_key
         if issued.pkcs12 is not None:
             data.update(
                 {

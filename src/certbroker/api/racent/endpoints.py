@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from certbroker.api.racent import encode, schemas
 from certbroker.api.racent.decoding import text_field
+from certbroker.api.racent.shapes import params_with_top_level
 from certbroker.catalog.countries import COUNTRY_CODES
 from certbroker.orders import cancelling, downloads, email_dcv, placing, views
 from certbroker.orders.accounts import AccountRef
@@ -51,24 +52,31 @@ def product_list(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Ans
 
 
 def validate(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
+    # Clients check a CSR and names before choosing a term: csr and domainInfo may come at
+    # the top level, and years defaults to 1.
     placing.validate(
         ctx,
         account,
         text_field(fields, "productCode"),
-        text_field(fields, "years"),
-        fields.get("params"),
+        text_field(fields, "years") or "1",
+        params_with_top_level(fields, domain_info=True),
     )
     return None, {}
 
 
 def place(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
+    if text_field(fields, "productCode") is None and text_field(fields, "certId") is not None:
+        # The official SDK reissues through place: certId + reason, no productCode.
+        from certbroker.api.racent.endpoints_lifecycle import reissue
+
+        return reissue(ctx, account, fields)
     view = placing.place(
         ctx,
         account,
         text_field(fields, "productCode"),
         text_field(fields, "years"),
         text_field(fields, "refId"),
-        fields.get("params"),
+        params_with_top_level(fields),
     )
     return encode.placed(view), {}
 
@@ -89,6 +97,12 @@ def cancel(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
 
 def cert_id_by_ref_id(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
     return {"certId": views.cert_id_by_ref_id(ctx, account, text_field(fields, "refId"))}, {}
+
+
+def cert_by_ref_id(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
+    """getCertByRefId: certIdByrefId and collect in one call, as clients expect it."""
+    cert_id = views.cert_id_by_ref_id(ctx, account, text_field(fields, "refId"))
+    return collect(ctx, account, {"certId": cert_id})
 
 
 def dcv_email(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
@@ -152,6 +166,12 @@ BASE_ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "certIdByrefId", "Find a certId by your refId", schemas.RefIdFields, cert_id_by_ref_id
+    ),
+    Endpoint(
+        "getCertByRefId",
+        "Find an order by your refId and answer it as collect does",
+        schemas.RefIdFields,
+        cert_by_ref_id,
     ),
     Endpoint(
         "DCVemail",

@@ -10,6 +10,7 @@ from certbroker.api.racent.endpoints import Answer, Endpoint, Fields
 from certbroker.orders import dcv_changes, views
 from certbroker.orders.accounts import AccountRef
 from certbroker.orders.context import OrdersContext
+from certbroker.orders.states import Operation
 
 
 def _dcv_answer(ctx: OrdersContext, account: AccountRef, cert_id: str) -> dict[str, Any]:
@@ -30,6 +31,22 @@ def _dcv_answer(ctx: OrdersContext, account: AccountRef, cert_id: str) -> dict[s
 
 
 def update_dcv(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
+    if (
+        fields.get("domainInfo") not in (None, "")
+        and text_field(fields, "domainName") is None
+        and text_field(fields, "dcvMethod") is None
+    ):
+        # Some clients describe the change only as batchUpdateDCV's domainInfo array.
+        cert_id = dcv_changes.batch_update_dcv(
+            ctx,
+            account,
+            text_field(fields, "certId"),
+            None,
+            None,
+            fields.get("domainInfo"),
+            Operation.UPDATE_DCV,
+        )
+        return _dcv_answer(ctx, account, cert_id), {}
     cert_id = dcv_changes.update_dcv(
         ctx,
         account,

@@ -76,14 +76,25 @@ def revoke(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
     return None, {}
 
 
-def _int(fields: Fields, name: str, default: int) -> int:
+def _int(fields: Fields, name: str, default: int, low: int, high: int) -> int:
+    """A whole number in [low, high]; anything else is -1 before it reaches the database."""
     value = text_field(fields, name)
     if value is None:
         return default
+    message = f"{name} must be a whole number from {low} to {high}"
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise ApiError(Code.INVALID, {name: [f"{name} must be a whole number"]}) from None
+        raise ApiError(Code.INVALID, {name: [message]}) from None
+    if not low <= number <= high:
+        raise ApiError(Code.INVALID, {name: [message]})
+    return number
+
+
+# Creation days a filter may name: every order is later than the first, and the day after the
+# last still fits a date in every zone.
+FIRST_DAY = datetime(1970, 1, 1)
+LAST_DAY = datetime(9999, 12, 30)
 
 
 def _day(fields: Fields, name: str, offset_hours: int) -> datetime | None:
@@ -95,15 +106,22 @@ def _day(fields: Fields, name: str, offset_hours: int) -> datetime | None:
         day = datetime.strptime(value[:10], "%Y-%m-%d")
     except ValueError:
         raise ApiError(Code.INVALID, {name: [f"{name} must be a date YYYY-MM-DD"]}) from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ApiError(
+            Code.INVALID,
+            {name: [f"{name} must be a date from {FIRST_DAY:%Y-%m-%d} to {LAST_DAY:%Y-%m-%d}"]},
+        )
     return day.replace(tzinfo=timezone(timedelta(hours=offset_hours))).astimezone(UTC)
 
 
 def list_certificates(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
     offset = ctx.policy.utc_offset_hours
     until = _day(fields, "endDate", offset)
+    paged = text_field(fields, "page") is not None or text_field(fields, "pageSize") is not None
     flt = listing.ListFilter(
-        page=_int(fields, "page", 1),
-        page_size=_int(fields, "pageSize", 50),
+        page=_int(fields, "page", 1, 1, listing.MAX_PAGE),
+        page_size=_int(fields, "pageSize", 50, 1, listing.MAX_PAGE_SIZE),
+        paged=paged,
         status=(text_field(fields, "status") or "").upper() or None,
         product_code=text_field(fields, "productCode"),
         domain=text_field(fields, "domain"),
@@ -133,11 +151,12 @@ def list_certificates(ctx: OrdersContext, account: AccountRef, fields: Fields) -
                 "productCode": row.product_code,
                 "productName": product_name,
                 "brand": brand,
-                "amount": format_cents(row.price_cents),
+                "amount": format_cents(row.price_cents if row.charged else 0),
                 "created": wire_date(row.created_at, offset),
             }
         )
-    return data, {"total": total, "page": flt.page, "pageSize": flt.page_size}
+    page_size = flt.page_size if paged else listing.MAX_UNPAGED
+    return data, {"total": total, "page": flt.page, "pageSize": page_size}
 
 
 LIFECYCLE_ENDPOINTS: tuple[Endpoint, ...] = (

@@ -230,14 +230,16 @@ def _route(ctx: OrdersContext, endpoint: Endpoint) -> Handler:
             log.info("rate limited", endpoint=endpoint.name, scope=limited.scope)
             metrics.observe_api_result(endpoint.name, RATE_LIMITED_CODE)
             return rate_limited_response(limited)
-        except Exception:
-            # Answered -2 by the app's handler, which logs the details; audited first.
-            metrics.observe_api_result(endpoint.name, int(Code.UNEXPECTED))
+        except Exception as exc:
+            # Answered here rather than re-raised: an exception that leaves the app makes the
+            # server close the connection, which clients that keep it alive see as a reset.
+            log.exception("unhandled error", endpoint=endpoint.name, error_type=type(exc).__name__)
+            response = envelope.unexpected()
+            code = int(Code.UNEXPECTED)
             if not served and audited(endpoint):
                 await run_in_threadpool(
                     _audit, ctx, endpoint, caller, fields, None, int(Code.UNEXPECTED)
                 )
-            raise
         finally:
             await close_uploads(fields)
         metrics.observe_api_result(endpoint.name, code)
