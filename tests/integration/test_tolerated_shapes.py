@@ -3,6 +3,7 @@ shapes"), each tried in every body style with the field names those clients use.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -158,3 +159,72 @@ def test_get_cert_by_ref_id_answers_like_collect(service: Service) -> None:
         assert found["data"]["DCVfileName"] == placed["DCVfileName"]
         missing = _call(service, style, "getCertByRefId", refId="nope")
         assert missing["code"] == -1 and list(missing["errors"]) == ["refId"]
+
+
+def test_renew_with_only_the_cert_id_takes_the_renewed_orders_term_and_params(
+    service: Service,
+) -> None:
+    service.topup(1000)
+    for style in STYLES:
+        # A key certbroker made: the renewal gets a new key of the same type.
+        held = service.call(
+            "place", productCode="comodo-ssl", years=1, params={**PARAMS, "keyType": "ec256"}
+        )
+        # The customer's CSR: the renewal asks for the same CSR again.
+        csr = build_csr(generate_private_key("ec256"), [NAME]).pem
+        own = service.call(
+            "place", productCode="comodo-ssl", years=1, params={**PARAMS, "csr": csr}
+        )
+        old = [held["data"]["certId"], own["data"]["certId"]]
+        for placed in (held, own):
+            service.publish(placed["data"])
+        service.work()
+        for cert_id in old:
+            assert service.call("collect", certId=cert_id)["status"] == "COMPLETE"
+        service.advance(timedelta(days=365 - 60))  # inside the renewal window
+        balance = service.balance()
+        answers = [
+            _call(service, style, "renew", certId=old[0]),
+            _call(service, style, "renew", renewId=old[1]),
+        ]
+        for answer in answers:
+            assert answer["code"] == 1, (style, answer)
+        new = [service.call("collect", certId=a["data"]["certId"])["data"] for a in answers]
+        echoed = [{**DOMAIN_INFO[0], "dcvEmail": ""}]
+        assert [n["applyParams"]["domainInfo"] for n in new] == [echoed, echoed]
+        assert new[1]["applyParams"]["csr"].strip() == csr.strip(), "the customer's CSR again"
+        old_csr = service.call("collect", certId=old[0])["data"]["applyParams"]["csr"]
+        assert new[0]["applyParams"]["csr"] != old_csr, "a new key where certbroker held one"
+        assert "BEGIN PRIVATE KEY" not in str(new[0]["applyParams"])
+        assert service.balance() == balance - 2 * 12_00, "the renewed orders' 1-year term"
+
+
+def test_caa_check_says_per_name_whether_this_ca_may_issue(service: Service) -> None:
+    service.dns_server.add_caa("other-ca.example.com", ("issue", "other-ca.example.net"))
+    service.dns_server.add_caa("ours.example.com", ("issue", "certbroker.example.com"))
+    try:
+        for style in STYLES:
+            for fields in (
+                {"domainName": "Ours.Example.com,other-ca.example.com"},
+                {"domains": ["ours.example.com", "other-ca.example.com"]},
+                {
+                    "domainInfo": [
+                        {"domainName": "ours.example.com"},
+                        {"domainName": "other-ca.example.com"},
+                    ]
+                },
+            ):
+                answer = _call(service, style, "caaCheck", **fields)
+                assert answer["code"] == 1, (style, fields, answer)
+                ours, other = answer["data"]
+                assert (ours["domainName"], ours["allowed"]) == ("ours.example.com", 1)
+                assert (other["domainName"], other["allowed"]) == ("other-ca.example.com", 0)
+                assert "other-ca.example.net" in other["reason"]
+            internal = _call(service, style, "caaCheck", domainName="nas.corp")
+            assert internal["code"] == 1
+            [verdict] = internal["data"]
+            assert verdict["allowed"] == 0 and "internal names" in verdict["reason"]
+            assert _call(service, style, "caaCheck")["code"] == -1
+    finally:
+        service.dns_server.clear_caa("other-ca.example.com")
+        service.dns_server.clear_caa("ours.example.com")

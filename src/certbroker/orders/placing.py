@@ -248,6 +248,38 @@ def place(
         return existing
 
 
+def renew(
+    ctx: OrdersContext,
+    account: AccountRef,
+    renew_id: str,
+    years: str | None,
+    ref_id_raw: object,
+    raw_params: object,
+) -> OrderView:
+    """renew (SPEC 4.8): a new subscription continuing `renew_id`. Clients that send only the
+    certId get the renewed order's term and params: its CSR again when the customer holds the
+    key (the key policy checks it again), a new key of the same type when certbroker held it."""
+    with ctx.db.read() as session:
+        old = load_order(session, account, renew_id, field="renewId")
+        product_code, old_years = old.product_code, old.years
+        params: object = raw_params
+        if raw_params is None or (isinstance(raw_params, str) and not raw_params.strip()):
+            defaults = dict(old.apply_params)
+            if old.key_encrypted is not None:
+                defaults.pop("csr", None)
+                defaults["keyType"] = old.key_spec or ctx.policy.default_key_spec
+            params = defaults
+    return place(
+        ctx,
+        account,
+        product_code,
+        years if years is not None else str(old_years),
+        ref_id_raw,
+        params,
+        renewal=Renewal(cert_id=renew_id, window=ctx.policy.renew_window),
+    )
+
+
 def _view_by_ref(
     ctx: OrdersContext, account: AccountRef, ref_id: str, request_hash: str
 ) -> OrderView | None:

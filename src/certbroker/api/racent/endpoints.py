@@ -12,11 +12,13 @@ from certbroker.api.racent import encode, schemas
 from certbroker.api.racent.decoding import text_field
 from certbroker.api.racent.shapes import params_with_top_level
 from certbroker.catalog.countries import COUNTRY_CODES
+from certbroker.orders import caa_check as caa_checks
 from certbroker.orders import cancelling, downloads, email_dcv, placing, views
 from certbroker.orders.accounts import AccountRef
 from certbroker.orders.approvers import approver_emails
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.errors import ApiError, Code
+from certbroker.orders.params import decode_json_field
 
 Fields = dict[str, Any]
 Answer = tuple[Any, dict[str, Any]]  # (data, extra top-level keys)
@@ -120,6 +122,38 @@ def dcv_email(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer
     return {"emails": approver_emails(domain, ctx.policy.names)}, {}
 
 
+def caa_check(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
+    """caaCheck: per name, may this CA issue now (name policy, then CAA), and why not."""
+    verdicts = caa_checks.caa_check(ctx, _names_of(fields))
+    return [
+        {"domainName": v.name, "allowed": 1 if v.allowed else 0, "reason": v.reason}
+        for v in verdicts
+    ], {}
+
+
+def _names_of(fields: Fields) -> list[str]:
+    """`domainName` (one name, or several separated by commas), `domains` (a JSON array or a
+    comma-separated list) and `domainInfo` (place's [{domainName}] array), together."""
+    names: list[str] = []
+    for key in ("domainName", "domain", "domains"):
+        text = text_field(fields, key)
+        if text is None:
+            continue
+        if text.startswith("["):
+            items = decode_json_field(text, key, list)
+            names += [str(item).strip() for item in items if str(item).strip()]
+        else:
+            names += [part.strip() for part in text.split(",") if part.strip()]
+    raw = fields.get("domainInfo")
+    if raw not in (None, "", []):
+        for i, item in enumerate(decode_json_field(raw, "domainInfo", list)):
+            name = item.get("domainName") if isinstance(item, dict) else item
+            if not isinstance(name, str) or not name.strip():
+                raise ApiError.invalid(f"domainInfo.{i}.domainName", "domainName is required")
+            names.append(name.strip())
+    return names
+
+
 def _legacy_dcv(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
     view = views.collect(ctx, account, _required_text(fields, "orderId"))
     domain = text_field(fields, "domain")
@@ -172,6 +206,12 @@ BASE_ENDPOINTS: tuple[Endpoint, ...] = (
         "Find an order by your refId and answer it as collect does",
         schemas.RefIdFields,
         cert_by_ref_id,
+    ),
+    Endpoint(
+        "caaCheck",
+        "May this CA issue for these names now: the name policy, then CAA (RFC 8659)",
+        schemas.CaaCheckFields,
+        caa_check,
     ),
     Endpoint(
         "DCVemail",

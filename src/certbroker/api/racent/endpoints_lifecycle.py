@@ -57,16 +57,13 @@ def renew(ctx: OrdersContext, account: AccountRef, fields: Fields) -> Answer:
     renew_id = text_field(fields, "renewId") or text_field(fields, "certId")
     if renew_id is None:
         raise ApiError(Code.INVALID, {"renewId": ["renewId is required"]})
-    with ctx.db.read() as session:
-        product_code = views.load_order(session, account, renew_id, field="renewId").product_code
-    view = placing.place(
+    view = placing.renew(
         ctx,
         account,
-        product_code,
+        renew_id,
         text_field(fields, "years"),
         text_field(fields, "refId"),
         fields.get("params"),
-        renewal=placing.Renewal(cert_id=renew_id, window=ctx.policy.renew_window),
     )
     return encode.placed(view), {}
 

@@ -58,6 +58,16 @@ class DcvEmailFields(_Fields):
     certId: str | None = Field(None, description="Optional certificate id.")
 
 
+class CaaCheckFields(_Fields):
+    domainName: str | None = Field(None, description="A name to check.")
+    domains: str | None = Field(
+        None, description="Several names: a JSON array or a comma-separated list."
+    )
+    domainInfo: str | None = Field(
+        None, description="Several names as place takes them: [{domainName}, ...]."
+    )
+
+
 class LegacyDcvFields(_Fields):
     orderId: str = Field(description="certId (the legacy endpoints call it orderId).")
     domain: str | None = Field(None, description="validatedns: the domain.")
@@ -88,7 +98,9 @@ class BatchRemoveFields(CertIdFields):
 
 
 class ReissueFields(CertIdFields):
-    reason: str = Field(description="Why the certificate is reissued (free text).")
+    reason: str | None = Field(
+        None, description="Why the certificate is reissued (free text; default given)."
+    )
     uniqueValue: str | None = Field(None, description="New uniqueValue (1-20 a-zA-Z0-9).")
     refId: str | None = Field(None, description="Your reference for the new certId.")
     csr: str | None = Field(
@@ -106,10 +118,17 @@ class ReplaceFields(CertIdFields):
 
 
 class RenewFields(_Fields):
-    renewId: str = Field(description="certId of the subscription being renewed.")
-    years: int | str = Field(description="Years of the new subscription.")
+    renewId: str | None = Field(None, description="certId of the subscription being renewed.")
+    certId: str | None = Field(None, description="Alias of renewId sent by some clients.")
+    years: int | str | None = Field(
+        None, description="Years of the new subscription (default: the renewed order's)."
+    )
     refId: str | None = Field(None, description="Your reference; idempotency key as in place.")
-    params: JsonText = Field(description="As for place (SPEC 3.1); csr optional.")
+    params: JsonText | None = Field(
+        None,
+        description="As for place (SPEC 3.1); csr optional. Default: the renewed order's "
+        "params (a new key when certbroker held the key, else the same CSR).",
+    )
 
 
 class RevokeFields(CertIdFields):
