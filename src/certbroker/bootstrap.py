@@ -10,7 +10,7 @@ import structlog
 from sqlalchemy import func, select
 
 from certbroker import keyring
-from certbroker.catalog.catalog import Catalog
+from certbroker.catalog.catalog import Catalog, UpstreamLimits
 from certbroker.clock import Clock, SystemClock
 from certbroker.issuance.builtin import BuiltinCa
 from certbroker.orders import accounts
@@ -104,6 +104,31 @@ def key_pool_from(settings: Settings) -> KeyPool | None:
     return KeyPool(settings.key_pool_size) if settings.key_pool_size > 0 else None
 
 
+def upstream_limits(settings: Settings) -> dict[str, UpstreamLimits]:
+    """What each configured upstream certifies, as the catalog checks products against it."""
+    curves = {"P-256": "ec256", "P-384": "ec384"}
+    return {
+        name: UpstreamLimits(
+            max_identifiers=up.capabilities.max_identifiers,
+            wildcard=up.capabilities.wildcard == "dns-01",
+            ip=up.capabilities.ip,
+            key_types=frozenset(
+                [f"rsa{bits}" for bits in up.capabilities.rsa]
+                + [curves[c] for c in up.capabilities.ec]
+            ),
+        )
+        for name, up in settings.upstreams.items()
+    }
+
+
+def load_catalog(settings: Settings) -> Catalog:
+    """The shipped catalogue merged with CATALOG, checked against the upstreams: a product
+    promising what its upstream cannot certify stops start-up (CatalogError)."""
+    catalog = Catalog.load(settings.catalog)
+    catalog.check_upstreams(upstream_limits(settings))
+    return catalog
+
+
 def build_context(settings: Settings, clock: Clock | None = None) -> OrdersContext:
     clock = clock or SystemClock()
     db = open_database(settings)
@@ -119,7 +144,7 @@ def build_context(settings: Settings, clock: Clock | None = None) -> OrdersConte
     ca.names_policy, ca.weak_keys = policy.names, policy.weak_keys
     return OrdersContext(
         db=db,
-        catalog=Catalog.load_default(),
+        catalog=load_catalog(settings),
         ca=ca,
         box=master_keys(settings),
         clock=clock,

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -24,6 +24,75 @@ from pydantic_settings import (
 _RATE = re.compile(r"off|none|0|(\d+(\.\d+)?|\.\d+)(\s*,\s*[1-9]\d*)?")
 
 
+EcCurve = Literal["P-256", "P-384"]
+
+
+def _all_curves() -> list[EcCurve]:
+    return ["P-256", "P-384"]
+
+
+class UpstreamCapabilities(BaseModel):
+    """What an upstream ACME CA certifies; the catalog refuses products that promise more."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_identifiers: int = Field(default=100, ge=1)
+    # The challenge the upstream accepts for wildcard names (RFC 8555 7.1.3: dns-01 only).
+    wildcard: Literal["dns-01"] | None = None
+    ip: bool = False
+    rsa: list[int] = Field(default_factory=lambda: [2048, 3072, 4096])
+    ec: list[EcCurve] = Field(default_factory=_all_curves)
+
+
+class UpstreamSettings(BaseModel):
+    """One upstream ACME CA (RFC 8555), `[upstreams.NAME]` in the TOML file.
+
+    The EAB HMAC key is a secret: it comes from `eab_hmac_key_file` or the environment
+    (`CERTBROKER_UPSTREAMS__NAME__EAB_HMAC_KEY`), never from the TOML file itself.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    directory: str
+    contact: str = ""
+    eab_kid: str = ""
+    eab_hmac_key: SecretStr | None = None
+    eab_hmac_key_file: Path | None = None
+    # PEM bundle that verifies the directory's TLS certificate (tests: Pebble's); "" = system.
+    ca_bundle: str = ""
+    account_key: Literal["ec256", "rsa2048"] = "ec256"
+    # The issuer domains this upstream answers to in CAA (RFC 8659), when its directory's
+    # `meta.caaIdentities` is missing.
+    caa_identities: list[str] = Field(default_factory=list)
+    capabilities: UpstreamCapabilities = Field(default_factory=UpstreamCapabilities)
+    # Deadline of every request to the upstream, in seconds.
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+    def hmac_key(self) -> str | None:
+        """The EAB HMAC key (base64url, RFC 8555 7.3.4), or None when none is configured."""
+        if self.eab_hmac_key is not None:
+            return self.eab_hmac_key.get_secret_value().strip() or None
+        if self.eab_hmac_key_file is not None:
+            return self.eab_hmac_key_file.read_text("utf-8").strip() or None
+        return None
+
+
+class _TomlWithoutSecrets(TomlConfigSettingsSource):
+    """The TOML file, refusing an upstream's EAB HMAC key written into it."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        upstreams = data.get("upstreams")
+        if isinstance(upstreams, dict):
+            for name, entry in upstreams.items():
+                if isinstance(entry, dict) and "eab_hmac_key" in entry:
+                    raise ValueError(
+                        f"upstreams.{name}.eab_hmac_key must not be in the TOML file: use "
+                        f"eab_hmac_key_file or CERTBROKER_UPSTREAMS__{name.upper()}__EAB_HMAC_KEY"
+                    )
+        return data
+
+
 def _config_file() -> Path:
     explicit = os.environ.get("CERTBROKER_CONFIG")
     if explicit:
@@ -33,7 +102,10 @@ def _config_file() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CERTBROKER_", extra="ignore")
+    # `__` nests: CERTBROKER_UPSTREAMS__NAME__EAB_HMAC_KEY sets upstreams.NAME.eab_hmac_key.
+    model_config = SettingsConfigDict(
+        env_prefix="CERTBROKER_", extra="ignore", env_nested_delimiter="__"
+    )
 
     data_dir: Path = Path("./certbroker-data")
     database_url: str | None = None
@@ -114,6 +186,11 @@ class Settings(BaseSettings):
     rate_limit_per_address: str = "50,500"
     # Seconds a token is trusted without a database read (0: read on every request).
     auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Upstream ACME CAs by name (docs/UPSTREAMS.md); products name theirs in the catalog.
+    upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
+    # A JSON catalog that extends (same code replaces, new code adds) or, with
+    # `"replace": true`, replaces the shipped products.json.
+    catalog: Path | None = None
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
 
@@ -132,6 +209,15 @@ class Settings(BaseSettings):
             if value.lstrip().startswith("["):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("upstreams", mode="after")
+    @classmethod
+    def _upstream_names(cls, value: dict[str, UpstreamSettings]) -> dict[str, UpstreamSettings]:
+        # Environment variable names are case-insensitive: keep names lower-case everywhere.
+        for name in value:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", name):
+                raise ValueError(f"upstream name {name!r}: use 1-40 of a-z, 0-9 and '-'")
         return value
 
     @field_validator("rate_limit_per_token", "rate_limit_per_address")
@@ -155,7 +241,7 @@ class Settings(BaseSettings):
         return (
             init_settings,
             env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=_config_file()),
+            _TomlWithoutSecrets(settings_cls, toml_file=_config_file()),
         )
 
     @property

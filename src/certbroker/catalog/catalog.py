@@ -21,6 +21,14 @@ Policy decisions encoded here (one place, used by pricing and by the order limit
   `trialDays` days. They sell no extra names, so `maxDomain` = `defaultProtectDomain`.
 - EV products never allow wildcard or IP names (EV Guidelines 9.2.1 / 9.8.1); IP products must
   offer an HTTP(S) file method because BR 3.2.2.5 has no DNS or constructed-e-mail method for IPs.
+- Issuers. A product may carry `"issuer": {"type": "acme", "upstream": NAME, "keyTypes": [...]}`
+  (absent: the built-in CA). `Catalog.check_upstreams` refuses, at start-up, a product whose
+  upstream is unknown or cannot certify what the product promises. An ACME product offers only
+  file methods for now (http-01, RFC 8555 8.3): no EMAIL (ACME has none for TLS), and dns-01
+  through a CNAME delegation is not built yet.
+- Catalog files. `load(path)` reads the shipped products.json and then the operator's file: a
+  product with a shipped code replaces it, a new code is added (in file order); with
+  `"replace": true` the operator's file is the whole catalogue.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import resources
+from pathlib import Path
 from types import MappingProxyType
 from typing import Literal, cast
 
@@ -63,6 +72,10 @@ _PRODUCT_KEYS = frozenset(
         "dcvMethods",
     }
 )
+_OPTIONAL_KEYS = frozenset({"issuer"})
+# Key types a product may promise (pki/keys.KEY_SPECS spelling; catalog imports nothing of pki).
+KEY_TYPES: tuple[str, ...] = ("rsa2048", "rsa3072", "rsa4096", "ec256", "ec384")
+ACME_DCV_METHODS: frozenset[str] = FILE_DCV_METHODS
 _TERM_KEYS = {f"price{12 * y:03d}": y for y in range(1, MAX_TERM_YEARS + 1)}
 _CODE_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*\Z")
 _PRICE_RE = re.compile(r"(?:0|[1-9][0-9]{0,6})\.[0-9]{2}\Z")
@@ -74,6 +87,33 @@ class CatalogError(ValueError):
 
 class NotSoldError(LookupError):
     """An unknown product, or a term or extra name the product does not sell (wire code -3)."""
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """Who signs a product's certificates: the built-in CA, or an upstream ACME CA by name."""
+
+    type: Literal["builtin", "acme"] = "builtin"
+    upstream: str | None = None
+    # Key types the product accepts (None: every type its issuer certifies).
+    key_types: tuple[str, ...] | None = None
+
+    @property
+    def is_acme(self) -> bool:
+        return self.type == "acme"
+
+
+BUILTIN = Issuer()
+
+
+@dataclass(frozen=True)
+class UpstreamLimits:
+    """What an upstream certifies, as the catalog checks products against it."""
+
+    max_identifiers: int
+    wildcard: bool  # the upstream validates wildcards (dns-01)
+    ip: bool
+    key_types: frozenset[str]
 
 
 def _term_key(years: int) -> str:
@@ -121,6 +161,7 @@ class Product:
     san_wild_price: Mapping[int, int] = field(hash=False)
     trial_days: int | None
     dcv_methods: tuple[str, ...]
+    issuer: Issuer = BUILTIN
 
     @property
     def is_trial(self) -> bool:
@@ -192,6 +233,38 @@ class Catalog:
         """The catalogue shipped in the package (parsed once per process)."""
         return _load_default()
 
+    @classmethod
+    def load(cls, path: Path | None) -> Catalog:
+        """The shipped catalogue with the operator's file `path` (CATALOG) merged in: same
+        code replaces, new code adds; `"replace": true` drops the shipped products."""
+        if path is None:
+            return _load_default()
+        source = str(path)
+        try:
+            data = json.loads(path.read_text("utf-8"))
+        except OSError as exc:
+            raise CatalogError(f"{source}: cannot read: {exc}") from None
+        except ValueError as exc:
+            raise CatalogError(f"{source}: not valid JSON: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("products"), list):
+            raise CatalogError(f"{source}: expected an object with a 'products' array")
+        replace = data.get("replace", False)
+        if not isinstance(replace, bool):
+            raise CatalogError(f"{source}: replace must be true or false")
+        own = cls.from_data({k: v for k, v in data.items() if k != "replace"}, source=source)
+        if replace:
+            return own
+        merged = dict(_load_default()._by_code)
+        merged.update(own._by_code)
+        return cls(merged.values())
+
+    def check_upstreams(self, upstreams: Mapping[str, UpstreamLimits]) -> None:
+        """Refuse products whose upstream is unknown or cannot certify what they promise."""
+        for product in self._by_code.values():
+            problem = _upstream_problem(product, upstreams)
+            if problem is not None:
+                raise CatalogError(f"product {product.code!r}: {problem}")
+
     def get(self, code: str) -> Product | None:
         return self._by_code.get(code)
 
@@ -247,6 +320,29 @@ class Catalog:
         return total
 
 
+def _upstream_problem(product: Product, upstreams: Mapping[str, UpstreamLimits]) -> str | None:
+    issuer = product.issuer
+    if not issuer.is_acme:
+        return None
+    limits = upstreams.get(issuer.upstream or "")
+    if limits is None:
+        known = ", ".join(sorted(upstreams)) or "none configured"
+        return f"issuer names the unknown upstream {issuer.upstream!r} (upstreams: {known})"
+    if product.support_wildcard and not limits.wildcard:
+        return f"supportWildcard Y but upstream {issuer.upstream!r} has no dns-01 for wildcards"
+    if product.max_domain > limits.max_identifiers:
+        return (
+            f"maxDomain {product.max_domain} > upstream {issuer.upstream!r} "
+            f"max_identifiers {limits.max_identifiers}"
+        )
+    if product.support_ip and not limits.ip:
+        return f"supportIp Y but upstream {issuer.upstream!r} does not certify IP addresses"
+    missing = [k for k in issuer.key_types or () if k not in limits.key_types]
+    if missing:
+        return f"keyTypes {', '.join(missing)} are not certified by upstream {issuer.upstream!r}"
+    return None
+
+
 @functools.cache
 def _load_default() -> Catalog:
     text = resources.files("certbroker.catalog").joinpath("products.json").read_text("utf-8")
@@ -268,9 +364,9 @@ def _parse_product(raw: object, index: int, source: str) -> Product:
         return CatalogError(f"{source}: product {code!r}: {message}")
 
     keys = set(entry)
-    if keys != _PRODUCT_KEYS:
+    if keys - _OPTIONAL_KEYS != _PRODUCT_KEYS:
         missing = ", ".join(sorted(_PRODUCT_KEYS - keys)) or "-"
-        unknown = ", ".join(sorted(keys - _PRODUCT_KEYS)) or "-"
+        unknown = ", ".join(sorted(keys - _PRODUCT_KEYS - _OPTIONAL_KEYS)) or "-"
         raise fail(f"keys wrong (missing: {missing}; unknown: {unknown})")
 
     def text(key: str) -> str:
@@ -329,6 +425,13 @@ def _parse_product(raw: object, index: int, source: str) -> Product:
     if ip and not FILE_DCV_METHODS & set(dcv):
         raise fail("an IP product needs HTTP_CSR_HASH or HTTPS_CSR_HASH (BR 3.2.2.5)")
 
+    issuer = _parse_issuer(entry.get("issuer"), fail)
+    if issuer.is_acme and not set(dcv) <= ACME_DCV_METHODS:
+        raise fail(
+            "an ACME product offers only HTTP_CSR_HASH and HTTPS_CSR_HASH (http-01, RFC 8555 "
+            f"8.3); remove {', '.join(m for m in dcv if m not in ACME_DCV_METHODS)}"
+        )
+
     base, normal, wild = _parse_prices(entry["price"], fail)
     sold = tuple(sorted(base))
     if not sold or sold[0] != 1 or sold[-1] != max_year:
@@ -373,7 +476,36 @@ def _parse_product(raw: object, index: int, source: str) -> Product:
         san_wild_price=wild,
         trial_days=trial_days,
         dcv_methods=dcv,
+        issuer=issuer,
     )
+
+
+def _parse_issuer(raw: object, fail: Callable[[str], CatalogError]) -> Issuer:
+    if raw is None:
+        return BUILTIN
+    if not isinstance(raw, dict):
+        raise fail('issuer must be an object like {"type": "acme", "upstream": "NAME"}')
+    kind = raw.get("type")
+    if kind == "builtin" and set(raw) == {"type"}:
+        return BUILTIN
+    if kind != "acme":
+        raise fail(f"issuer.type must be 'builtin' or 'acme', got {kind!r}")
+    unknown = set(raw) - {"type", "upstream", "keyTypes"}
+    if unknown:
+        raise fail(f"issuer has unknown keys: {', '.join(sorted(unknown))}")
+    upstream = raw.get("upstream")
+    if not isinstance(upstream, str) or not upstream:
+        raise fail("issuer.upstream must name an upstream of the settings")
+    key_types = raw.get("keyTypes")
+    if key_types is not None:
+        if (
+            not isinstance(key_types, list)
+            or not key_types
+            or any(k not in KEY_TYPES for k in key_types)
+        ):
+            raise fail(f"issuer.keyTypes must be a non-empty list of {', '.join(KEY_TYPES)}")
+        key_types = tuple(k for k in KEY_TYPES if k in key_types)
+    return Issuer(type="acme", upstream=upstream, key_types=key_types)
 
 
 def _parse_prices(
