@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from certbroker import keyring
 from certbroker.catalog.catalog import Catalog, UpstreamLimits
 from certbroker.clock import Clock, SystemClock
+from certbroker.issuance.acme_upstream import UpstreamConfig
 from certbroker.issuance.builtin import BuiltinCa
 from certbroker.orders import accounts
 from certbroker.orders.context import OrdersContext, Policy
@@ -121,6 +122,26 @@ def upstream_limits(settings: Settings) -> dict[str, UpstreamLimits]:
     }
 
 
+def upstream_configs(settings: Settings) -> dict[str, UpstreamConfig]:
+    """The upstream ACME CAs of the settings, as the ACME wrapper takes them."""
+    limits = upstream_limits(settings)
+    return {
+        name: UpstreamConfig(
+            name=name,
+            directory=up.directory,
+            contact=up.contact,
+            eab_kid=up.eab_kid,
+            eab_hmac_key=up.hmac_key(),
+            ca_bundle=up.ca_bundle,
+            account_key=up.account_key,
+            caa_identities=tuple(up.caa_identities),
+            timeout_seconds=up.timeout_seconds,
+            key_types=tuple(sorted(limits[name].key_types)),
+        )
+        for name, up in settings.upstreams.items()
+    }
+
+
 def load_catalog(settings: Settings) -> Catalog:
     """The shipped catalogue merged with CATALOG, checked against the upstreams: a product
     promising what its upstream cannot certify stops start-up (CatalogError)."""
@@ -150,6 +171,7 @@ def build_context(settings: Settings, clock: Clock | None = None) -> OrdersConte
         clock=clock,
         policy=policy,
         key_pool=key_pool_from(settings),
+        upstreams=upstream_configs(settings),
     )
 
 

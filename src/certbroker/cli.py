@@ -28,6 +28,7 @@ from certbroker.orders import (
     cancelling,
     compromised_keys,
     ledger,
+    upstream_accounts,
     webhook_settings,
 )
 from certbroker.orders.context import OrdersContext
@@ -48,6 +49,8 @@ app.add_typer(account_app, name="account")
 app.add_typer(token_app, name="token")
 app.add_typer(ov_app, name="ov")
 app.add_typer(db_app, name="db")
+upstream_app = typer.Typer(no_args_is_help=True, help="Upstream ACME CAs")
+app.add_typer(upstream_app, name="upstream")
 
 out = Console()
 err = Console(stderr=True)
@@ -115,6 +118,7 @@ def serve(
     settings = Settings(**overrides)  # type: ignore[arg-type]
     logs.configure(settings.log_level, settings.log_format)
     ctx = bootstrap.build_context(settings, SystemClock())
+    _check_upstreams(ctx)
     first = bootstrap.ensure_first_account(ctx)
     if first is not None:
         # Shown once: only its hash is stored.
@@ -186,10 +190,37 @@ def worker(
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format)
     ctx = bootstrap.build_context(settings, SystemClock())
+    _check_upstreams(ctx)
     if metrics_port is not None:
         metrics.serve_metrics(metrics_port, metrics_host)
     out.print("certbroker worker running", highlight=False)
     run_until_signalled(ctx, poll_seconds=settings.worker_poll_seconds)
+
+
+def _check_upstreams(ctx: OrdersContext) -> None:
+    """At start-up: register or find each upstream account. A failure is logged as an error
+    (upstream_accounts logs it) and that upstream's products answer -6; the server still runs."""
+    for result in upstream_accounts.check_all(ctx):
+        (out if result.ok else err).print(f"upstream {result.line()}", highlight=False)
+
+
+@upstream_app.command("check")
+def upstream_check(
+    name: Annotated[str | None, typer.Argument(help="One upstream (default: all)")] = None,
+) -> None:
+    """Register with EAB, or find the existing account, at each upstream; one line each."""
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    ctx = bootstrap.build_context(settings, SystemClock())
+    if not ctx.upstreams:
+        raise _fail("no upstreams configured ([upstreams.NAME] in the TOML file)")
+    if name is not None and name not in ctx.upstreams:
+        raise _fail(f"unknown upstream {name!r}; configured: {', '.join(sorted(ctx.upstreams))}")
+    results = upstream_accounts.check_all(ctx, [name] if name else None)
+    for result in results:
+        out.print(result.line(), highlight=False, soft_wrap=True)
+    if not all(r.ok for r in results):
+        raise typer.Exit(code=1)
 
 
 @db_app.command("upgrade")

@@ -33,7 +33,13 @@ from sqlalchemy.orm import InstrumentedAttribute
 from certbroker.pki.secretbox import SecretBox, SecretBoxError, generate_master_key
 from certbroker.settings import Settings
 from certbroker.store.db import Database
-from certbroker.store.models import Certificate, Order, OutgoingMail, WebhookEndpoint
+from certbroker.store.models import (
+    Certificate,
+    Order,
+    OutgoingMail,
+    UpstreamAccount,
+    WebhookEndpoint,
+)
 
 RING_FILE = "master-keys.json"
 LEGACY_KEY_FILE = "master.key"
@@ -298,6 +304,13 @@ ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
         OutgoingMail.body_encrypted,
         lambda: select(OutgoingMail.id, OutgoingMail.body_encrypted, OutgoingMail.id),
         lambda mail_id: f"mail:{mail_id}".encode("ascii"),
+    ),
+    EncryptedColumn(  # orders/upstream_accounts.py
+        "upstream_accounts.key_encrypted",
+        UpstreamAccount.id,
+        UpstreamAccount.key_encrypted,
+        lambda: select(UpstreamAccount.id, UpstreamAccount.key_encrypted, UpstreamAccount.id),
+        lambda account_id: f"upstream-account:{account_id}".encode("ascii"),
     ),
     EncryptedColumn(  # orders/webhook_settings.py, notify/webhooks.secret_context
         "webhook_endpoints.secret_encrypted",

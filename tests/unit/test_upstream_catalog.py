@@ -18,7 +18,9 @@ def _acme_product(code: str = "acme-dv", **changes: Any) -> dict[str, Any]:
     shipped = json.loads(
         (Path(__file__).parents[2] / "src/certbroker/catalog/products.json").read_text()
     )
-    base = copy.deepcopy(next(p for p in shipped["products"] if p["code"] == "comodo-ssl"))
+    base: dict[str, Any] = copy.deepcopy(
+        next(p for p in shipped["products"] if p["code"] == "comodo-ssl")
+    )
     base.update(
         code=code,
         dcvMethods=["HTTP_CSR_HASH", "HTTPS_CSR_HASH"],

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from certbroker.catalog.catalog import Catalog
 from certbroker.clock import Clock
+from certbroker.issuance.acme_upstream import UpstreamClients, UpstreamConfig
 from certbroker.issuance.builtin import BuiltinCa
 from certbroker.pki.key_pool import KeyPool
 from certbroker.pki.secretbox import SecretBox
@@ -78,3 +79,6 @@ class OrdersContext:
     wake: Callable[[], None] = field(default=lambda: None)
     # RSA keys made ahead for `place` without a CSR (pki/key_pool.py); None: made inline.
     key_pool: KeyPool | None = None
+    # Upstream ACME CAs by name (docs/UPSTREAMS.md), and their clients (one per thread).
+    upstreams: dict[str, UpstreamConfig] = field(default_factory=dict)
+    upstream_clients: UpstreamClients = field(default_factory=UpstreamClients)

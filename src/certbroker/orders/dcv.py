@@ -12,7 +12,7 @@ from ipaddress import ip_network
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import Select, bindparam, case, func, select, update
+from sqlalchemy import Select, bindparam, case, exists, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from certbroker import metrics
@@ -23,7 +23,7 @@ from certbroker.orders.states import VALIDATING, Status
 from certbroker.pki import dcv_values
 from certbroker.policy.names import refusal as name_refusal
 from certbroker.store.db import lock_row
-from certbroker.store.models import Order, OrderName, UtcDateTime
+from certbroker.store.models import Order, OrderName, UpstreamOrder, UtcDateTime
 from certbroker.validation.dns_checks import check_cname
 from certbroker.validation.http_file import Resolver, check_http_file
 from certbroker.validation.resolver import make_address_resolver
@@ -113,6 +113,8 @@ def _due_names() -> Select[int, str, str, str, str | None, str | None, int]:
             OrderName.verified_at.is_(None),
             OrderName.next_check_at.is_not(None),
             OrderName.next_check_at <= now,
+            # Names of upstream ACME orders are pre-checked by their upstream steps.
+            ~exists().where(UpstreamOrder.order_id == Order.id),
         )
         .subquery("by_account")
     )

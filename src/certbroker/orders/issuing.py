@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import Connection, Executable, Select, bindparam, insert, select, update
+from sqlalchemy import Connection, Executable, Select, bindparam, exists, insert, select, update
 from sqlalchemy.orm import Session
 
 from certbroker import metrics
@@ -47,7 +47,7 @@ from certbroker.pki.keys import PrivateKey, load_private_key_pem
 from certbroker.policy.keys import key_refusal, spki_sha256
 from certbroker.store import compromised_keys
 from certbroker.store.db import lock_row
-from certbroker.store.models import Certificate, Order, OrderName, UtcDateTime
+from certbroker.store.models import Certificate, Order, OrderName, UpstreamOrder, UtcDateTime
 from certbroker.validation.caa import check_caa
 
 log = structlog.get_logger("certbroker.issuance")
@@ -86,6 +86,8 @@ def _ready_orders(limit: int) -> Select[int, str | None]:
             Order.issue_due_at.is_not(None),
             Order.issue_due_at <= now,
             (Order.lease_until.is_(None)) | (Order.lease_until < now),
+            # Orders of upstream ACME products are issued upstream (orders/upstream_orders.py).
+            ~exists().where(UpstreamOrder.order_id == Order.id),
         )
         .order_by(Order.issue_due_at)
         .limit(limit)

@@ -395,9 +395,11 @@ def _object(errs: _Errors, raw: object, field: str) -> dict[str, object] | None:
 def _dcv_method(errs: _Errors, value: str, field: str, product: Product) -> str | None:
     method = value.upper()
     if method not in product.dcv_methods:
+        # ACME has no e-mail validation for TLS names (RFC 8823 is S/MIME only).
+        where = f"product {product.code} (ACME)" if product.issuer.is_acme else "this product"
         errs.add(
             field,
-            f"dcvMethod {value} is not supported by this product; use one of "
+            f"dcvMethod {value} is not supported by {where}; use one of "
             f"{', '.join(product.dcv_methods)}",
         )
         return None

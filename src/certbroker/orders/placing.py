@@ -35,6 +35,9 @@ from certbroker.orders.params import (
 )
 from certbroker.orders.reuse import find_reusable, reused_values
 from certbroker.orders.states import Operation, Status, require_allowed
+from certbroker.orders.upstream_accounts import require_available
+from certbroker.orders.upstream_orders import INSERT_UPSTREAM_ORDER, new_upstream_order
+from certbroker.orders.upstream_rules import check_upstream_order
 from certbroker.orders.views import (
     NAME_FIELDS,
     NameFacts,
@@ -152,12 +155,15 @@ def check_order(
 
 def _order_key(ctx: OrdersContext, checked: CheckedOrder) -> OrderKey:
     if checked.params.csr:
-        return check_customer_csr(ctx, checked.params, checked.names)
-    return generate_order_key(
-        checked.names,
-        key_spec_for(checked.params, ctx.policy.default_key_spec),
-        ctx.key_pool,
-    )
+        key = check_customer_csr(ctx, checked.params, checked.names)
+    else:
+        key = generate_order_key(
+            checked.names,
+            key_spec_for(checked.params, ctx.policy.default_key_spec),
+            ctx.key_pool,
+        )
+    check_upstream_order(ctx, checked.product, key, checked.names)
+    return key
 
 
 def _require_balance(session: Session, account_id: int, price_cents: int) -> None:
@@ -176,10 +182,12 @@ def validate(
     """Run every check of place; charge nothing, store nothing (SPEC 4.1)."""
     checked = check_order(ctx, product_code, years, raw_params)
     if checked.params.csr:
-        check_customer_csr(ctx, checked.params, checked.names)
+        key = check_customer_csr(ctx, checked.params, checked.names)
+        check_upstream_order(ctx, checked.product, key, checked.names)
     else:
         key_spec_for(checked.params, ctx.policy.default_key_spec)
     with ctx.db.read() as session:
+        require_available(ctx, session, checked.product)
         _require_balance(session, account.id, checked.price_cents)
         require_free_allowance(ctx, session, account.id, checked.price_cents, ctx.clock.now())
 
@@ -319,13 +327,18 @@ def _create(
         # The renewed subscription's remaining time is carried over, as CAs do on renewal.
         if renewed.due_at is not None and renewed.due_at > now:
             bonus_days = max(bonus_days, (renewed.due_at - now).days)
+    require_available(ctx, session, checked.product)
     _require_balance(session, account.id, checked.price_cents)
     require_free_allowance(ctx, session, account.id, checked.price_cents, now)
     connection = session.connection()
     cert_id = new_cert_id(now)
     params = checked.params
+    # Upstream ACME products (not for sandbox accounts, whose orders the sandbox CA signs):
+    # the upstream steps (orders/upstream_orders.py) validate and issue; no reuse of our own
+    # validations, which never count upstream.
+    upstream = checked.product.issuer.upstream if not account.sandbox else None
     names = [
-        _name_values(connection, account, position, domain, name, now)
+        _name_values(connection, account, position, domain, name, now, upstream=upstream)
         for position, (domain, name) in enumerate(zip(params.domains, checked.names, strict=True))
     ]
     apply_params = params.to_apply_params()
@@ -371,6 +384,10 @@ def _create(
     }
     order_id = connection.execute(_INSERT_ORDER, values).scalar_one()
     connection.execute(_INSERT_NAME, [dict(n, order_id=order_id) for n in names])
+    if upstream is not None:
+        # newOrder happens in the worker (the next pass, woken by place): the order and its
+        # charge never wait on the upstream.
+        connection.execute(INSERT_UPSTREAM_ORDER, new_upstream_order(order_id, upstream, now))
     if renewed is not None:
         renewed.renewed_by_cert_id = cert_id
         record_event(session, renewed, "certificate.renewed", {"renewedBy": cert_id}, now)
@@ -435,6 +452,8 @@ def _name_values(
     domain: DomainRequest,
     name: str,
     now: datetime,
+    *,
+    upstream: str | None = None,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
         "position": position,
@@ -450,7 +469,10 @@ def _name_values(
         "lease_until": None,
         "lease_owner": None,
     }
-    if account.sandbox:
+    if upstream is not None:
+        # Checked by the upstream steps, not by the DCV checker (it claims names with a due time).
+        row.update(next_check_at=None, last_result="waiting for the upstream order")
+    elif account.sandbox:
         # Sandbox accounts: validation passes without a published file (integration testing).
         row.update(
             verified_at=now,

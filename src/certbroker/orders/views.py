@@ -17,7 +17,13 @@ from certbroker.orders.context import OrdersContext
 from certbroker.orders.dcv import DcvBlock, dcv_block, file_url
 from certbroker.orders.errors import ApiError, Code
 from certbroker.orders.states import Status
-from certbroker.store.models import Certificate, Order, OrderName
+from certbroker.store.models import (
+    Certificate,
+    Order,
+    OrderName,
+    UpstreamAuthz,
+    UpstreamOrder,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,10 @@ class NameView:
     last_result: str | None
     next_check_at: datetime | None
     file_url: str
+    # Upstream ACME products (RFC 8555 8.3): the http-01 token and key authorization to publish,
+    # None until the worker has placed the upstream order.
+    acme_token: str | None = None
+    acme_key_authorization: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,10 @@ class OrderView:
     issued: Issued | None
     # Every certificate of the order, oldest first (a subscription reissues under one certId).
     history: tuple[CertSummary, ...] = ()
+    # Issued through an upstream ACME CA: the DCV values come per name from the upstream order.
+    upstream: bool = False
+    # The upstream order exists (its tokens are known); False while the worker places it.
+    upstream_ordered: bool = False
 
 
 def load_order(
@@ -248,6 +262,25 @@ def _issued(ctx: OrdersContext, connection: Connection, order: OrderFacts) -> Is
     )
 
 
+# The http-01 values of the current upstream order, per order name.
+_ACME_CHALLENGES = (
+    select(OrderName.name, UpstreamAuthz.token, UpstreamAuthz.key_authorization)
+    .join(UpstreamAuthz, UpstreamAuthz.order_name_id == OrderName.id)
+    .join(UpstreamOrder, UpstreamOrder.id == UpstreamAuthz.upstream_order_id)
+    .where(UpstreamOrder.order_id == bindparam("order_id"), UpstreamOrder.status != "invalid")
+    .order_by(UpstreamOrder.attempt)
+)
+
+
+def _acme_challenges(connection: Connection, order_id: int) -> dict[str, tuple[str, str]]:
+    # The newest attempt wins (rows come oldest first).
+    return {
+        row.name: (row.token, row.key_authorization)
+        for row in connection.execute(_ACME_CHALLENGES, {"order_id": order_id})
+        if row.token and row.key_authorization
+    }
+
+
 def view_order(ctx: OrdersContext, session: Session, order: Order) -> OrderView:
     """The view of an ORM order (with its names) inside the caller's transaction."""
     facts = OrderFacts(**{f: getattr(order, f) for f in _ORDER_FIELDS})
@@ -265,6 +298,9 @@ def view_of(
     """The view of an order read (or just written) as plain values, on `connection`."""
     block = _dcv_block(order.csr_pem, order.unique_value, ctx.policy.dcv_ca_domain)
     dcv, ov, issued = _stages(order, names)
+    product = ctx.catalog.get(order.product_code)
+    upstream = product is not None and product.issuer.is_acme and order.id is not None
+    acme = _acme_challenges(connection, order.id) if upstream else {}
     return OrderView(
         cert_id=order.cert_id,
         order_num=order.order_num,
@@ -288,9 +324,13 @@ def view_of(
                 last_result=n.last_result,
                 next_check_at=n.next_check_at,
                 file_url=file_url(n.name, block.file_name, n.dcv_method, ctx.policy),
+                acme_token=acme[n.name][0] if n.name in acme else None,
+                acme_key_authorization=acme[n.name][1] if n.name in acme else None,
             )
             for n in names
         ),
+        upstream=upstream,
+        upstream_ordered=bool(acme),
         stage_dcv=dcv,
         stage_ov=ov,
         stage_issued=issued,

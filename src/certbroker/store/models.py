@@ -389,3 +389,69 @@ class CompromisedKey(Base):
     # The certificate revoked for keyCompromise (revocation), or the operator's note.
     note: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime]
+
+
+class UpstreamAccount(Base):
+    """Our account at an upstream ACME CA (RFC 8555 7.3). The key is encrypted at rest
+    (pki.secretbox, context `upstream-account:<upstream>`)."""
+
+    __tablename__ = "upstream_accounts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    upstream: Mapped[str] = mapped_column(String(40), unique=True)
+    account_url: Mapped[str | None] = mapped_column(String(2048))
+    key_encrypted: Mapped[str] = mapped_column(Text)
+    thumbprint: Mapped[str] = mapped_column(String(64))
+    eab_kid: Mapped[str] = mapped_column(String(255), default="")
+    status: Mapped[str] = mapped_column(String(16))  # valid | failed
+    last_problem: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    checked_at: Mapped[datetime | None]
+
+
+class UpstreamOrder(Base):
+    """One ACME order (RFC 8555 7.1.3) placed upstream for an order: a work row with a due time
+    and a lease. Each worker step re-reads the upstream object, takes one action and commits."""
+
+    __tablename__ = "upstream_orders"
+    __table_args__ = (UniqueConstraint("order_id", "attempt", name="uq_upstream_orders_attempt"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    upstream: Mapped[str] = mapped_column(String(40))
+    account_url: Mapped[str | None] = mapped_column(String(2048))
+    # new | pending | ready | processing | valid | downloaded | invalid | failed
+    status: Mapped[str] = mapped_column(String(16))
+    order_url: Mapped[str | None] = mapped_column(String(2048))
+    finalize_url: Mapped[str | None] = mapped_column(String(2048))
+    certificate_url: Mapped[str | None] = mapped_column(String(2048))
+    finalize_sent_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    last_problem: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    # Due time of the next step; None once downloaded or failed.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    lease_until: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+
+
+class UpstreamAuthz(Base):
+    """One authorization of an upstream order (RFC 8555 7.1.4) and its http-01 challenge."""
+
+    __tablename__ = "upstream_authzs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    upstream_order_id: Mapped[int] = mapped_column(ForeignKey("upstream_orders.id"), index=True)
+    order_name_id: Mapped[int | None] = mapped_column(ForeignKey("order_names.id"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    identifier: Mapped[str] = mapped_column(String(255))
+    wildcard: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16))  # pending | valid | invalid | ...
+    expires_at: Mapped[datetime | None]
+    challenge_type: Mapped[str | None] = mapped_column(String(32))
+    challenge_url: Mapped[str | None] = mapped_column(String(2048))
+    token: Mapped[str | None] = mapped_column(String(255))
+    # The value shown to the customer (http-01: the key authorization, RFC 8555 8.1).
+    key_authorization: Mapped[str | None] = mapped_column(String(512))
+    prechecked_at: Mapped[datetime | None]
+    answered_at: Mapped[datetime | None]
+    last_problem: Mapped[str | None] = mapped_column(Text)

@@ -45,6 +45,8 @@ from certbroker.validation.safe_addresses import (
 )
 
 WELL_KNOWN_DIR = "/.well-known/pki-validation/"
+# RFC 8555 8.3: where an ACME http-01 response is published; its file name is the token.
+ACME_CHALLENGE_DIR = "/.well-known/acme-challenge/"
 
 Resolver = Callable[[str], Awaitable[list[str]]]
 ContentMatcher = Callable[[str, str], bool]
@@ -54,6 +56,7 @@ _REDIRECT_STATUSES = frozenset({301, 302, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _USER_AGENT = "certbroker-dcv/1 (CA/B Forum BR 3.2.2.4.18)"
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+_ACME_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,255}")  # base64url, RFC 8555 8.1
 _EXCERPT_CHARS = 20
 
 
@@ -61,6 +64,12 @@ async def system_resolve(host: str) -> list[str]:
     """Resolve `host` with the operating system's resolver (A and AAAA)."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
+
+
+def key_authorization_matches(body: str, expected: str) -> bool:
+    """RFC 8555 8.3: the body is the key authorization exactly; whitespace at its end is
+    ignored."""
+    return body.rstrip() == expected
 
 
 def lines_match(body: str, expected: str) -> bool:
@@ -86,8 +95,13 @@ async def check_http_file(
     max_bytes: int = 4096,
     allowed_ports: tuple[int, ...] | None = None,
     content_matches: ContentMatcher | None = None,
+    well_known_dir: str = WELL_KNOWN_DIR,
 ) -> CheckResult:
     """Fetch `{scheme}://{name}/.well-known/pki-validation/{file_name}` and compare its content.
+
+    `well_known_dir=ACME_CHALLENGE_DIR` fetches an ACME http-01 response instead (the file name
+    is the token); pair it with `content_matches=key_authorization_matches`. The limits are the
+    same.
 
     The first request goes to `http_port` or `https_port` (80 and 443 in production, Pebble-style
     settings in tests); redirects may only go to `allowed_ports`, by default those two, and at
@@ -101,7 +115,10 @@ async def check_http_file(
     if name.startswith("*."):
         # BR 3.2.2.4.18: "This method is NOT suitable for validating Wildcard Domain Names."
         return CheckResult(False, f"file validation cannot be used for the wildcard name {name}")
-    if not _FILE_NAME.fullmatch(file_name):
+    if well_known_dir not in (WELL_KNOWN_DIR, ACME_CHALLENGE_DIR):
+        return CheckResult(False, f"unsupported directory {well_known_dir}")
+    name_pattern = _ACME_TOKEN if well_known_dir == ACME_CHALLENGE_DIR else _FILE_NAME
+    if not name_pattern.fullmatch(file_name):
         return CheckResult(False, f"invalid validation file name ‘{_excerpt(file_name)}’")
     ports = allowed_ports if allowed_ports is not None else (http_port, https_port)
     try:
@@ -109,7 +126,7 @@ async def check_http_file(
             scheme=scheme,
             host=name,
             port=http_port if scheme == "http" else https_port,
-            path=WELL_KNOWN_DIR + file_name,
+            path=well_known_dir + file_name,
         )
     except (httpx.InvalidURL, UnicodeError) as exc:
         return CheckResult(False, f"invalid domain name ‘{_excerpt(name)}’: {exc}")

@@ -27,7 +27,14 @@ import structlog
 
 from certbroker import metrics
 from certbroker.notify import webhooks
-from certbroker.orders import dcv, email_dcv, issuing, revocation_lists, subscriptions
+from certbroker.orders import (
+    dcv,
+    email_dcv,
+    issuing,
+    revocation_lists,
+    subscriptions,
+    upstream_orders,
+)
 from certbroker.orders.context import OrdersContext
 from certbroker.worker.dcv_checks import DcvChecks
 
@@ -53,6 +60,8 @@ EXPIRY_INTERVAL = timedelta(seconds=30)
 #   demand when it has expired; this only keeps the 7-day schedule (rebuilt at half-life)
 #   and repairs a refresh lost to a crash.
 CRL_INTERVAL = timedelta(seconds=60)
+# Upstream ACME steps run in threads at once (RFC 8555 calls are blocking I/O).
+UPSTREAM_STEPS_AT_ONCE = 4
 
 
 @dataclass
@@ -137,6 +146,27 @@ class Worker:
             log.info("issuance", order_id=order_id, issued=ok)
         return len(ready)
 
+    async def _upstream_steps(self) -> int:
+        """One step of each due upstream ACME order, a few at a time (each step is blocking
+        network I/O with its own deadlines, run in a thread)."""
+        due = await asyncio.to_thread(upstream_orders.claim_steps, self.ctx, self.owner)
+        if not due:
+            return 0
+        gate = asyncio.Semaphore(UPSTREAM_STEPS_AT_ONCE)
+
+        async def step(upstream_order_id: int) -> None:
+            async with gate:
+                try:
+                    done = await asyncio.to_thread(
+                        upstream_orders.run_step, self.ctx, upstream_order_id, self.owner
+                    )
+                    log.info("upstream step", upstream_order_id=upstream_order_id, done=done)
+                except Exception:  # the lease runs out and the step is taken again
+                    log.exception("upstream step failed", upstream_order_id=upstream_order_id)
+
+        await asyncio.gather(*(step(i) for i in due))
+        return len(due)
+
     async def run_once(self) -> int:
         """One pass over every kind of due work, its checks finished and recorded; returns how
         many items were handled."""
@@ -172,6 +202,7 @@ class Worker:
             lambda: asyncio.to_thread(subscriptions.run_subscription_steps, ctx),
         )
         done += await self._issue()
+        done += await self._upstream_steps()
         done += await self._scan(self.expiry, everything, self._expire)
         if done and self.webhooks.last_at is not None:
             self.webhooks.due_by(self.webhooks.last_at + WEBHOOK_BUSY_GAP)

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from certbroker.orders.dcv import DcvBlock
 from certbroker.orders.issuing import CAA_PREFIX
 from certbroker.orders.reuse import REUSE_PREFIX
-from certbroker.orders.views import OrderView
+from certbroker.orders.views import NameView, OrderView
 
 
 def wire_date(moment: datetime | None, utc_offset_hours: int) -> str:
@@ -33,10 +33,30 @@ def dcv_fields(block: DcvBlock, file_path: str) -> dict[str, str]:
     }
 
 
+def acme_fields(name: NameView) -> dict[str, str]:
+    """An upstream ACME product's file fields (RFC 8555 8.3): the token, the http-01 URL
+    (always port 80; the CA follows redirects to https) and the key authorization; empty
+    until the worker has placed the upstream order."""
+    token = name.acme_token or ""
+    host = name.name[2:] if name.name.startswith("*.") else name.name
+    return {
+        "DCVfileName": token,
+        "DCVfileContent": name.acme_key_authorization or "",
+        "DCVfilePath": f"http://{host}/.well-known/acme-challenge/{token}" if token else "",
+        "DCVdnsHost": "",
+        "DCVdnsValue": "",
+        "DCVdnsType": "",
+    }
+
+
 def dcv_output(view: OrderView) -> dict[str, Any]:
     """The DCV block of the primary name plus `dcvInfo` per name (their file URLs differ)."""
+    if view.upstream:
+        out: dict[str, Any] = dict(acme_fields(view.names[0])) if view.names else {}
+        out["dcvInfo"] = {n.name: acme_fields(n) for n in view.names}
+        return out
     primary = view.names[0].file_url if view.names else ""
-    out: dict[str, Any] = dcv_fields(view.dcv, primary)
+    out = dict[str, Any](dcv_fields(view.dcv, primary))
     out["dcvInfo"] = {n.name: dcv_fields(view.dcv, n.file_url) for n in view.names}
     return out
 
@@ -92,7 +112,10 @@ def collect(view: OrderView, utc_offset_hours: int) -> dict[str, Any]:
             }
             for n in view.names
         ],
-        "application": {"status": "done"},
+        # An upstream order not placed yet (the worker's next pass) leaves the file fields empty.
+        "application": {
+            "status": "processing" if view.upstream and not view.upstream_ordered else "done"
+        },
         "dcv": {"status": view.stage_dcv},
         "ov": {"status": view.stage_ov, "note": view.ov_note or ""},
         "issued": {"status": view.stage_issued},

@@ -1,0 +1,599 @@
+"""Orders an upstream ACME CA issues (RFC 8555), driven one step at a time by the worker.
+
+`place` commits the order, its charge and an `upstream_orders` row (status `new`). Each worker
+step then re-reads the upstream object, takes one action and commits, so a crash anywhere
+resumes at the last commit and nothing is issued or charged twice:
+
+    new         -- newOrder (7.4) --> pending; authz rows with token and key authorization
+    pending     per authz: pre-check the customer's file with our own fetcher, then answer the
+                http-01 challenge (7.5.1); the authz is re-read until valid or invalid
+    ready       -- finalize with the order's CSR (7.4); `finalize_sent_at` is committed first,
+                   and a repeated finalize answers orderNotReady, so it is idempotent
+    processing  re-read the order until valid
+    valid       -- download the chain (7.4.2) --> downloaded: one transaction stores the
+                   certificate, completes the order and writes its event
+
+The pre-check is the tenant gate: an authz is only answered, and a name only counts as
+validated, once this order's publication was fetched by certbroker, so customer mistakes
+burn no upstream failed-validation quota and no order finalizes on another tenant's proof.
+It never replaces the upstream CA's own validation.
+
+An invalid authz puts the upstream's problem in the name's `lastError` and starts a new
+attempt (a new upstream order, hence a new token). rejectedIdentifier, badCSR, badPublicKey,
+unsupportedIdentifier and invalidProfile cannot be cured by retrying: the order FAILS and is
+refunded through the common path (orders/refunds.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from ipaddress import ip_network
+from typing import Any
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from certbroker.issuance.acme_upstream import (
+    AcmeUpstream,
+    AuthzSnapshot,
+    OrderSnapshot,
+    UpstreamError,
+    key_authorization,
+)
+from certbroker.orders.context import OrdersContext
+from certbroker.orders.dcv import next_delay
+from certbroker.orders.events import record_event
+from certbroker.orders.refunds import settle_failure
+from certbroker.orders.states import Status
+from certbroker.orders.terms import subscription_end
+from certbroker.orders.upstream_accounts import account_key
+from certbroker.pki.bundles import make_jks, make_pkcs12, random_password
+from certbroker.pki.keys import load_private_key_pem
+from certbroker.store.db import lock_row
+from certbroker.store.models import Certificate, Order, OrderName, UpstreamAuthz, UpstreamOrder
+from certbroker.validation.http_file import (
+    ACME_CHALLENGE_DIR,
+    check_http_file,
+    key_authorization_matches,
+)
+from certbroker.validation.resolver import make_address_resolver
+from certbroker.validation.safe_addresses import AddressPolicy
+
+log = structlog.get_logger("certbroker.upstream")
+
+INSERT_UPSTREAM_ORDER = insert(UpstreamOrder)
+
+# RFC 8555 6.7 problems that no retry cures: the order fails and is refunded.
+FATAL_PROBLEMS = frozenset(
+    {"rejectedIdentifier", "badCSR", "badPublicKey", "unsupportedIdentifier", "invalidProfile"}
+)
+# How soon an answered authz or a processing order is read again (absent a Retry-After).
+POLL_DELAY = timedelta(seconds=2)
+# Back-off after a failed upstream call: 30 s doubling to 1 h.
+BACKOFF_START = timedelta(seconds=30)
+BACKOFF_MAX = timedelta(hours=1)
+VERIFIED_HOW = "upstream http-01"
+
+# Test hook: called after each committed step with (step, upstream order id). Tests raise in it
+# to kill a step at a precise point, as a crash would.
+after_commit: Callable[[str, int], None] | None = None
+
+
+def new_upstream_order(order_id: int, upstream: str, now: datetime) -> dict[str, Any]:
+    """The `upstream_orders` row place writes in its transaction (first attempt)."""
+    return {
+        "order_id": order_id,
+        "attempt": 1,
+        "upstream": upstream,
+        "status": "new",
+        "created_at": now,
+        "updated_at": now,
+        "next_attempt_at": now,
+    }
+
+
+def _committed(step: str, upstream_order_id: int) -> None:
+    if after_commit is not None:
+        after_commit(step, upstream_order_id)
+
+
+# --- claiming -------------------------------------------------------------------------------
+
+
+def claim_steps(ctx: OrdersContext, owner: str, limit: int = 10) -> list[int]:
+    """Lease due upstream orders (PostgreSQL: SKIP LOCKED lets workers share)."""
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        ids = list(
+            session.scalars(
+                select(UpstreamOrder.id)
+                .where(
+                    UpstreamOrder.next_attempt_at.is_not(None),
+                    UpstreamOrder.next_attempt_at <= now,
+                    UpstreamOrder.lease_until.is_(None) | (UpstreamOrder.lease_until < now),
+                )
+                .order_by(UpstreamOrder.next_attempt_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if ids:
+            session.execute(
+                update(UpstreamOrder)
+                .where(UpstreamOrder.id.in_(ids))
+                .values(lease_owner=owner, lease_until=now + ctx.policy.lease)
+            )
+    return ids
+
+
+def _leased(session: Session, upstream_order_id: int, owner: str) -> UpstreamOrder | None:
+    row = lock_row(session, UpstreamOrder, upstream_order_id)
+    if row is None or row.lease_owner != owner:
+        return None  # taken over after our lease ran out
+    return row
+
+
+def _release(row: UpstreamOrder, now: datetime, due: datetime | None) -> None:
+    row.next_attempt_at = due
+    row.lease_owner = None
+    row.lease_until = None
+    row.updated_at = now
+
+
+# --- one step -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What a step reads before it talks to the upstream (outside any transaction)."""
+
+    upstream_order_id: int
+    order_id: int
+    upstream: str
+    status: str
+    order_url: str | None
+    csr_pem: str
+    order_status: str
+    certificate_url: str | None
+
+
+def run_step(ctx: OrdersContext, upstream_order_id: int, owner: str) -> str:
+    """One step of one upstream order; returns what was done (for logs and tests)."""
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        row = _leased(session, upstream_order_id, owner)
+        if row is None:
+            return "not ours"
+        order = session.get(Order, row.order_id)
+        assert order is not None
+        if order.status != Status.PENDING:
+            # Cancelled or failed meanwhile: no further upstream action.
+            row.status = "abandoned" if row.status not in ("downloaded", "failed") else row.status
+            _release(row, now, None)
+            return "abandoned"
+        facts = _Facts(
+            row.id,
+            order.id,
+            row.upstream,
+            row.status,
+            row.order_url,
+            order.csr_pem,
+            order.status,
+            row.certificate_url,
+        )
+        key = account_key(ctx, session, row.upstream)
+        config = ctx.upstreams.get(row.upstream)
+        if key is None or config is None or key.account_url is None:
+            row.last_problem = f"upstream {row.upstream!r} has no usable account"
+            _release(row, now, now + BACKOFF_MAX)
+            return "no account"
+    client = ctx.upstream_clients.get(config, key.key_pem, key.account_url)
+    try:
+        if facts.status == "new":
+            return _new_order(ctx, client, facts, key.thumbprint, owner)
+        if facts.status == "pending":
+            return _pending(ctx, client, facts, owner)
+        if facts.status in ("ready", "processing"):
+            return _finalize_or_wait(ctx, client, facts, owner)
+        if facts.status == "valid":
+            return _download(ctx, client, facts, owner)
+        return "nothing to do"
+    except UpstreamError as exc:
+        return _record_problem(ctx, facts, owner, exc)
+
+
+def _record_problem(ctx: OrdersContext, facts: _Facts, owner: str, exc: UpstreamError) -> str:
+    now = ctx.clock.now()
+    text = f"{exc.problem}: {exc.detail}"
+    log.warning("upstream step failed", upstream_order_id=facts.upstream_order_id, problem=text)
+    with ctx.db.transaction() as session:
+        row = _leased(session, facts.upstream_order_id, owner)
+        if row is None:
+            return "not ours"
+        row.last_problem = json.dumps(exc.as_json())
+        if exc.problem in FATAL_PROBLEMS:
+            row.status = "failed"
+            _release(row, now, None)
+            order = lock_row(session, Order, facts.order_id)
+            if order is not None and order.status == Status.PENDING:
+                _fail(ctx, session, order, f"the upstream CA refused the order: {text}", now)
+            return "failed"
+        backoff = min(BACKOFF_MAX, BACKOFF_START * 2 ** min(row.attempt, 7))
+        due = exc.retry_after if exc.retry_after and exc.retry_after > now else now + backoff
+        _release(row, now, due)
+    return "retry later"
+
+
+def _fail(ctx: OrdersContext, session: Session, order: Order, reason: str, now: datetime) -> None:
+    order.status = Status.FAILED
+    order.failure_reason = reason
+    order.last_error = reason
+    order.updated_at = now
+    settle_failure(ctx, session, order, now, "upstream CA refused")
+    record_event(session, order, "order.failed", {"reason": reason}, now)
+
+
+def _new_order(
+    ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, thumbprint: str, owner: str
+) -> str:
+    snapshot = client.new_order(facts.csr_pem)
+    authzs = [client.authorization(url) for url in snapshot.authorizations]
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        row = _leased(session, facts.upstream_order_id, owner)
+        if row is None:
+            return "not ours"  # the upstream order we made is an orphan that expires
+        names = {
+            n.name: n
+            for n in session.scalars(select(OrderName).where(OrderName.order_id == facts.order_id))
+        }
+        row.order_url = snapshot.url
+        row.finalize_url = snapshot.finalize
+        row.expires_at = snapshot.expires
+        row.status = "pending"
+        row.last_problem = None
+        for authz in authzs:
+            challenge = authz.challenge("http-01")
+            shown = "*." + authz.identifier if authz.wildcard else authz.identifier
+            name = names.get(shown)
+            token = challenge.token if challenge else None
+            session.add(
+                UpstreamAuthz(
+                    upstream_order_id=row.id,
+                    order_name_id=name.id if name else None,
+                    url=authz.url,
+                    identifier=authz.identifier,
+                    wildcard=authz.wildcard,
+                    status=authz.status,
+                    expires_at=authz.expires,
+                    challenge_type=challenge.type if challenge else None,
+                    challenge_url=challenge.url if challenge else None,
+                    token=token,
+                    key_authorization=key_authorization(token, thumbprint) if token else None,
+                )
+            )
+            if name is not None and name.verified_at is None:
+                name.last_result = "publish the file (DCVfilePath, DCVfileContent)"
+                name.next_check_at = None
+        _release(row, now, now)
+        if row.attempt > 1:
+            order = session.get(Order, facts.order_id)
+            if order is not None:
+                # A new upstream order means new tokens: the customer must publish again.
+                record_event(session, order, "dcv.updated", {"attempt": row.attempt}, now)
+    _committed("new_order", facts.upstream_order_id)
+    return "ordered"
+
+
+def _precheck(ctx: OrdersContext, authz: UpstreamAuthz) -> tuple[bool, str]:
+    """Fetch the customer's publication with the DCV fetcher (ports, redirects, bytes and
+    addresses limited as for every file check), expecting the key authorization exactly."""
+    policy = ctx.policy
+    assert authz.token is not None and authz.key_authorization is not None
+    result = asyncio.run(
+        check_http_file(
+            authz.identifier,
+            authz.token,
+            authz.key_authorization,
+            scheme="http",  # RFC 8555 8.3: http-01 always starts on port 80
+            policy=AddressPolicy(tuple(ip_network(n) for n in policy.dcv_allow_networks)),
+            http_port=policy.dcv_http_port,
+            https_port=policy.dcv_https_port,
+            resolve=make_address_resolver(policy.dcv_resolver, policy.dcv_timeout_seconds),
+            timeout=policy.dcv_timeout_seconds,
+            content_matches=key_authorization_matches,
+            well_known_dir=ACME_CHALLENGE_DIR,
+        )
+    )
+    return result.ok, result.detail
+
+
+def _pending(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: str) -> str:
+    assert facts.order_url is not None
+    snapshot = client.order(facts.order_url)
+    if snapshot.status in ("ready", "processing", "valid"):
+        return _advance(ctx, facts, owner, snapshot)
+    with ctx.db.read() as session:
+        authz_ids = list(
+            session.scalars(
+                select(UpstreamAuthz.id)
+                .where(UpstreamAuthz.upstream_order_id == facts.upstream_order_id)
+                .order_by(UpstreamAuthz.id)
+            )
+        )
+    done = "waiting"
+    for authz_id in authz_ids:
+        done = _authz_step(ctx, client, facts, owner, authz_id)
+        if done in ("not ours", "invalid"):
+            return done
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        row = _leased(session, facts.upstream_order_id, owner)
+        if row is None:
+            return "not ours"
+        if done == "precheck failed":
+            names = session.scalars(
+                select(OrderName).where(
+                    OrderName.order_id == facts.order_id, OrderName.verified_at.is_(None)
+                )
+            ).all()
+            attempts = max((n.attempts for n in names), default=1)
+            _release(row, now, now + next_delay(ctx.policy, attempts))
+        else:
+            _release(row, now, now + POLL_DELAY if done != "all valid" else now)
+    return done
+
+
+def _authz_step(
+    ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: str, authz_id: int
+) -> str:
+    """Re-read one authz upstream, then at most one action (pre-check, answer)."""
+    with ctx.db.read() as session:
+        authz = session.get(UpstreamAuthz, authz_id)
+        assert authz is not None
+        session.expunge(authz)
+    if authz.status == "valid":
+        return "all valid"
+    upstream = client.authorization(authz.url)
+    now = ctx.clock.now()
+    if upstream.status == "valid" and authz.prechecked_at is not None:
+        _store_authz(ctx, authz_id, upstream, now, verified=True)
+        return "all valid"
+    if upstream.status == "invalid":
+        problem = upstream.error or "the upstream CA marked the authorization invalid"
+        _invalid(ctx, facts, owner, authz_id, f"upstream: {problem}", now)
+        return "invalid"
+    if authz.answered_at is not None:
+        return "waiting"
+    if upstream.status not in ("pending", "valid"):
+        return "waiting"
+    # The tenant gate: a `valid` authz the upstream reused from elsewhere counts only after
+    # our own pre-check of this order's publication.
+    ok, detail = _precheck(ctx, authz)
+    with ctx.db.transaction() as session:
+        row = session.get(UpstreamAuthz, authz_id)
+        assert row is not None
+        name = session.get(OrderName, row.order_name_id) if row.order_name_id else None
+        if name is not None:
+            name.last_checked_at = now
+            name.attempts += 1
+            name.last_result = detail
+        if not ok:
+            return "precheck failed"
+        row.prechecked_at = now
+    if upstream.status == "valid":
+        _store_authz(ctx, authz_id, upstream, now, verified=True)
+        return "all valid"
+    client.answer_http01(authz.url)
+    with ctx.db.transaction() as session:
+        row = session.get(UpstreamAuthz, authz_id)
+        assert row is not None
+        row.answered_at = now
+        name = session.get(OrderName, row.order_name_id) if row.order_name_id else None
+        if name is not None:
+            name.last_result = "published file found; the upstream CA is validating"
+    _committed("answered", facts.upstream_order_id)
+    return "answered"
+
+
+def _store_authz(
+    ctx: OrdersContext, authz_id: int, upstream: AuthzSnapshot, now: datetime, *, verified: bool
+) -> None:
+    with ctx.db.transaction() as session:
+        row = session.get(UpstreamAuthz, authz_id)
+        assert row is not None
+        row.status = upstream.status
+        name = session.get(OrderName, row.order_name_id) if row.order_name_id else None
+        if verified and name is not None and name.verified_at is None:
+            name.verified_at = now
+            name.verified_how = VERIFIED_HOW
+            name.last_result = "validated by the upstream CA"
+            name.next_check_at = None
+
+
+def _invalid(
+    ctx: OrdersContext, facts: _Facts, owner: str, authz_id: int, problem: str, now: datetime
+) -> None:
+    """The upstream found the publication wrong: show its problem, start a new attempt (the
+    new upstream order brings a new token, answered only after the pre-check passes again)."""
+    with ctx.db.transaction() as session:
+        row = _leased(session, facts.upstream_order_id, owner)
+        if row is None:
+            return
+        authz = session.get(UpstreamAuthz, authz_id)
+        assert authz is not None
+        authz.status = "invalid"
+        authz.last_problem = problem
+        name = session.get(OrderName, authz.order_name_id) if authz.order_name_id else None
+        attempts = 1
+        if name is not None:
+            name.last_result = problem
+            name.last_checked_at = now
+            attempts = name.attempts
+        row.status = "invalid"
+        row.last_problem = problem
+        _release(row, now, None)
+        session.execute(
+            INSERT_UPSTREAM_ORDER,
+            dict(
+                new_upstream_order(facts.order_id, facts.upstream, now),
+                attempt=row.attempt + 1,
+                next_attempt_at=now + next_delay(ctx.policy, attempts),
+            ),
+        )
+    _committed("invalid", facts.upstream_order_id)
+
+
+def _advance(ctx: OrdersContext, facts: _Facts, owner: str, snapshot: OrderSnapshot) -> str:
+    """The upstream order moved on: every name is validated; record the new state."""
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        row = _leased(session, facts.upstream_order_id, owner)
+        if row is None:
+            return "not ours"
+        for authz in session.scalars(
+            select(UpstreamAuthz).where(UpstreamAuthz.upstream_order_id == row.id)
+        ):
+            name = session.get(OrderName, authz.order_name_id) if authz.order_name_id else None
+            if authz.prechecked_at is None:
+                # Not proven by this order's publication (the tenant gate): never finalize.
+                row.last_problem = f"{authz.identifier} was not pre-checked for this order"
+                _release(row, now, now + BACKOFF_MAX)
+                return "gate"
+            authz.status = "valid"
+            if name is not None and name.verified_at is None:
+                name.verified_at = now
+                name.verified_how = VERIFIED_HOW
+                name.last_result = "validated by the upstream CA"
+        row.status = snapshot.status
+        row.certificate_url = snapshot.certificate
+        _release(row, now, now)
+    _committed(snapshot.status, facts.upstream_order_id)
+    return snapshot.status
+
+
+def _finalize_or_wait(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: str) -> str:
+    assert facts.order_url is not None
+    snapshot = client.order(facts.order_url)  # re-read: ready, processing or valid
+    if snapshot.status == "ready":
+        now = ctx.clock.now()
+        with ctx.db.transaction() as session:
+            row = _leased(session, facts.upstream_order_id, owner)
+            if row is None:
+                return "not ours"
+            # Committed before the finalize request, as a `signing` row precedes a signature.
+            row.finalize_sent_at = now
+        try:
+            snapshot = client.finalize(facts.order_url, facts.csr_pem)
+        except UpstreamError as exc:
+            if exc.problem != "orderNotReady":
+                raise
+            snapshot = client.order(facts.order_url)  # finalized already: re-read
+    if snapshot.status == "invalid":
+        raise UpstreamError("badCSR", snapshot.error or "the upstream order became invalid")
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        row = _leased(session, facts.upstream_order_id, owner)
+        if row is None:
+            return "not ours"
+        row.status = snapshot.status
+        row.certificate_url = snapshot.certificate
+        _release(row, now, now if snapshot.status == "valid" else now + POLL_DELAY)
+    _committed(snapshot.status, facts.upstream_order_id)
+    return snapshot.status
+
+
+def _download(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: str) -> str:
+    """Fetch the chain and, in one transaction, store it and complete the order. A crash
+    before the commit downloads the same certificate again: the upstream issued only one."""
+    url = facts.certificate_url
+    if url is None:
+        assert facts.order_url is not None
+        url = client.order(facts.order_url).certificate
+        if url is None:
+            raise UpstreamError("malformedResponse", "the valid order names no certificate")
+    chain_pem = client.certificate_chain(url)
+    certs = x509.load_pem_x509_certificates(chain_pem.encode("ascii"))
+    leaf, intermediates = certs[0], certs[1:]
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        row = _leased(session, facts.upstream_order_id, owner)
+        if row is None:
+            return "not ours"
+        order = lock_row(session, Order, facts.order_id)
+        assert order is not None
+        if order.status != Status.PENDING:
+            row.status = "abandoned"
+            _release(row, now, None)
+            return "abandoned"
+        serial = format(leaf.serial_number, "x")
+        generation = 1 + len(
+            session.scalars(select(Certificate.id).where(Certificate.order_id == order.id)).all()
+        )
+        session.add(
+            Certificate(
+                order_id=order.id,
+                generation=generation,
+                serial_hex=serial,
+                issuer="upstream",
+                state="issued",
+                not_before=leaf.not_valid_before_utc,
+                not_after=leaf.not_valid_after_utc,
+                pem=leaf.public_bytes(Encoding.PEM).decode("ascii"),
+                chain_pem="".join(
+                    c.public_bytes(Encoding.PEM).decode("ascii") for c in intermediates
+                ),
+                bundles_encrypted=_bundles(ctx, order, leaf, intermediates),
+                created_at=now,
+                issued_at=now,
+            )
+        )
+        order.status = Status.COMPLETE
+        order.completed_at = order.completed_at or now
+        order.due_at = order.due_at or subscription_end(order, now)
+        order.last_error = None
+        order.updated_at = now
+        row.status = "downloaded"
+        row.certificate_url = url
+        _release(row, now, None)
+        record_event(
+            session,
+            order,
+            "certificate.issued",
+            {"serial": serial, "generation": generation, "automatic": False},
+            now,
+        )
+    _committed("downloaded", facts.upstream_order_id)
+    return "downloaded"
+
+
+def _bundles(
+    ctx: OrdersContext, order: Order, leaf: x509.Certificate, chain: list[x509.Certificate]
+) -> str | None:
+    """PKCS#12 and JKS when certbroker holds the key, encrypted like the built-in path's."""
+    if order.key_encrypted is None:
+        return None
+    pem = ctx.box.decrypt(order.key_encrypted, context=order.cert_id.encode("ascii"))
+    key = load_private_key_pem(pem, trusted=True)
+    p12_pass, jks_pass = random_password(), random_password()
+    bundle = {
+        "pkcs12": base64.b64encode(
+            make_pkcs12(key, leaf, chain, p12_pass, friendly_name=order.cert_id)
+        ).decode("ascii"),
+        "pkcsPass": p12_pass,
+        "jks": base64.b64encode(make_jks(key, leaf, chain, jks_pass, alias=order.cert_id)).decode(
+            "ascii"
+        ),
+        "jksPass": jks_pass,
+    }
+    return ctx.box.encrypt(
+        json.dumps(bundle).encode("utf-8"), context=f"bundle:{order.cert_id}".encode("ascii")
+    )
