@@ -163,13 +163,6 @@ class Pebble:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def get(self, url: str) -> dict[str, object]:
-        """A resource by plain GET (Pebble serves challenges and authzs unauthenticated)."""
-        response = httpx.get(url, verify=self._context(), timeout=5)
-        response.raise_for_status()
-        result: dict[str, object] = response.json()
-        return result
-
     def close(self) -> None:
         self._process.terminate()
         try:

@@ -1,0 +1,334 @@
+"""Publicly trusted certificates through an upstream ACME CA: Debian's Pebble with EAB required,
+challtestsrv as everybody's DNS, the test's loopback web server as the customer's site.
+
+SQLite only: every scenario waits on Pebble's own validation between worker passes, and the
+upstream path shares every query with the built-in path that the PostgreSQL suites cover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from certbroker import bootstrap
+from certbroker.api.limits import ApiGuard, ApiLimits
+from certbroker.api.racent.routes import configure_limits
+from certbroker.app import create_app
+from certbroker.catalog.catalog import Catalog
+from certbroker.clock import ManualClock
+from certbroker.issuance.acme_upstream import AcmeUpstream
+from certbroker.orders import accounts, upstream_accounts, upstream_orders
+from certbroker.settings import Settings, UpstreamSettings
+from certbroker.store.models import (
+    Certificate,
+    LedgerEntry,
+    UpstreamAccount,
+    UpstreamAuthz,
+    UpstreamOrder,
+)
+from certbroker.worker.runner import Worker
+from tests.conftest import START, Service
+from tests.helpers.challtestsrv import ChallTestSrv
+from tests.helpers.dcv_http_server import DcvHttpServer, Route
+from tests.helpers.pebble import EAB_KID, Pebble
+
+PRODUCT = "acme-dv"
+NAME = "shop.example.com"
+PARAMS = {"server": "nginx", "domainInfo": [{"domainName": NAME, "dcvMethod": "HTTP_CSR_HASH"}]}
+
+
+def _catalog_file(tmp_path: Path) -> Path:
+    shipped = Catalog.load_default().require("comodo-ssl")
+    raw = json.loads(
+        (Path(__file__).parents[2] / "src/certbroker/catalog/products.json").read_text()
+    )
+    product = copy.deepcopy(next(p for p in raw["products"] if p["code"] == shipped.code))
+    product.update(
+        code=PRODUCT,
+        productName="Pebble DV",
+        dcvMethods=["HTTP_CSR_HASH", "HTTPS_CSR_HASH"],
+        issuer={"type": "acme", "upstream": "pebble"},
+    )
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps({"currency": "USD", "products": [product]}))
+    return path
+
+
+@pytest.fixture
+def pebble(tmp_path: Path, dns_server: ChallTestSrv, site: DcvHttpServer) -> Iterator[Pebble]:
+    with Pebble(tmp_path / "pebble", http_port=site.port, dns_server=dns_server.resolver) as p:
+        yield p
+
+
+def _service(
+    tmp_path: Path,
+    pebble: Pebble,
+    dns_server: ChallTestSrv,
+    site: DcvHttpServer,
+    *,
+    hmac_key: str,
+) -> Iterator[Service]:
+    upstream = UpstreamSettings(
+        directory=pebble.directory,
+        eab_kid=EAB_KID,
+        eab_hmac_key=hmac_key,  # type: ignore[arg-type]  # pydantic makes it a SecretStr
+        ca_bundle=str(pebble.ca_bundle),
+        caa_identities=["pebble.letsencrypt.org"],
+    )
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        dcv_http_port=site.port,
+        dcv_resolver=dns_server.resolver,
+        dcv_allow_networks=["127.0.0.0/8"],
+        dcv_timeout_seconds=3,
+        key_pool_size=0,
+        upstreams={"pebble": upstream},
+        catalog=_catalog_file(tmp_path),
+    )
+    clock = ManualClock(START)
+    ctx = bootstrap.build_context(settings, clock)
+    first = bootstrap.ensure_first_account(ctx)
+    assert first is not None
+    with ctx.db.transaction() as session:
+        account_id = accounts.find_account(session, first.name).id
+    app = create_app(ctx, worker=False)
+    configure_limits(app, ApiGuard(replace(ApiLimits(), per_token=None, per_address=None)))
+    with TestClient(app) as client:
+        yield Service(ctx, client, clock, first.token, account_id, site, dns_server)
+
+
+@pytest.fixture
+def acme_service(
+    tmp_path: Path, pebble: Pebble, dns_server: ChallTestSrv, site: DcvHttpServer
+) -> Iterator[Service]:
+    yield from _service(tmp_path, pebble, dns_server, site, hmac_key=pebble.eab_hmac_key)
+
+
+@pytest.fixture(autouse=True)
+def _no_hook() -> Iterator[None]:
+    yield
+    upstream_orders.after_commit = None
+
+
+def _work_until(service: Service, cert_id: str, wanted: str, passes: int = 60) -> dict[str, Any]:
+    """Worker passes (the clock moved past each poll delay) until collect shows `wanted`.
+    Pebble validates in the background, so a pass may find it still busy."""
+    for _ in range(passes):
+        service.advance(upstream_orders.POLL_DELAY)
+        service.work()
+        answer = service.call("collect", certId=cert_id)
+        if answer["status"] == wanted:
+            return answer
+        time.sleep(0.05)
+    raise AssertionError(f"{cert_id} never became {wanted}: {answer}")
+
+
+def _place(service: Service) -> dict[str, Any]:
+    assert [r.ok for r in upstream_accounts.check_all(service.ctx)] == [True]
+    service.topup(100)
+    placed = service.call("place", productCode=PRODUCT, years="1", params=PARAMS)
+    assert placed["code"] == 1, placed
+    data: dict[str, Any] = placed["data"]
+    return data
+
+
+def _publish(service: Service, data: dict[str, Any]) -> None:
+    service.site.routes[f"/.well-known/acme-challenge/{data['DCVfileName']}"] = Route(
+        body=data["DCVfileContent"].encode()
+    )
+
+
+def _verify_chain(tmp_path: Path, pebble: Pebble, data: dict[str, Any]) -> None:
+    (tmp_path / "root.pem").write_text(pebble.roots())
+    (tmp_path / "leaf.pem").write_text(data["certificate"])
+    (tmp_path / "chain.pem").write_text(data["caCertificate"])
+    result = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-CAfile",
+            str(tmp_path / "root.pem"),
+            "-untrusted",
+            str(tmp_path / "chain.pem"),
+            str(tmp_path / "leaf.pem"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _certificates(service: Service) -> int:
+    with service.ctx.db.read() as session:
+        return len(session.scalars(select(Certificate.id)).all())
+
+
+def _charges(service: Service) -> list[int]:
+    with service.ctx.db.read() as session:
+        return list(
+            session.scalars(select(LedgerEntry.amount_cents).where(LedgerEntry.kind == "charge"))
+        )
+
+
+def test_http01_place_publish_complete(
+    acme_service: Service, pebble: Pebble, tmp_path: Path
+) -> None:
+    service = acme_service
+    data = _place(service)
+    cert_id = data["certId"]
+    # newOrder happens in the worker: place answers at once, the file fields come after.
+    assert data["DCVfileName"] == ""
+    first = service.call("collect", certId=cert_id)
+    assert first["data"]["application"]["status"] == "processing"
+
+    service.work()
+    shown = service.call("collect", certId=cert_id)["data"]
+    token = shown["DCVfileName"]
+    assert shown["application"]["status"] == "done"
+    assert shown["DCVfilePath"] == f"http://{NAME}/.well-known/acme-challenge/{token}"
+    assert shown["DCVfileContent"].startswith(token + ".")
+    assert len(shown["DCVfileContent"]) == 87  # token . base64url(SHA-256 thumbprint)
+    assert shown["dcvInfo"][NAME]["DCVfileContent"] == shown["DCVfileContent"]
+
+    _publish(service, shown)
+    done = _work_until(service, cert_id, "COMPLETE")["data"]
+    assert done["dcvList"][0]["is_verify"] == "verified"
+    assert done["dcvList"][0]["verifiedBy"] == "upstream http-01"
+    _verify_chain(tmp_path, pebble, done)
+    assert done["privateKey"] and done["pkcs12"]
+    assert _certificates(service) == 1
+    assert _charges(service) == [-12_00]
+
+
+def test_wrong_file_answers_nothing_upstream_until_fixed(
+    acme_service: Service, pebble: Pebble, tmp_path: Path
+) -> None:
+    service = acme_service
+    cert_id = _place(service)["certId"]
+    service.work()
+    shown = service.call("collect", certId=cert_id)["data"]
+    _publish(service, {**shown, "DCVfileContent": "not-the-key-authorization"})
+
+    for _ in range(3):
+        service.advance(upstream_orders.POLL_DELAY)
+        service.work()
+    row = service.call("collect", certId=cert_id)["data"]["dcvList"][0]
+    assert row["is_verify"] == ""
+    assert "acme-challenge/" + shown["DCVfileName"] in row["lastError"]
+    assert "not-the-key-authorization" in row["lastError"] or "expected" in row["lastError"]
+    # Nothing was answered upstream: the challenge is still pending and Pebble never fetched.
+    with service.ctx.db.read() as session:
+        authz = session.scalars(select(UpstreamAuthz)).one()
+        assert authz.answered_at is None
+        key = upstream_accounts.account_key(service.ctx, session, "pebble")
+    assert key is not None and key.account_url is not None
+    client = AcmeUpstream(service.ctx.upstreams["pebble"], key.key_pem, key.account_url)
+    upstream = client.authorization(authz.url)
+    assert upstream.status == "pending"
+    assert [c.status for c in upstream.challenges] == ["pending"] * len(upstream.challenges)
+    assert "Pulled token" not in pebble.log() and "validat" not in pebble.log().lower()
+
+    _publish(service, shown)
+    service.advance(upstream_orders.BACKOFF_MAX)  # past the DCV back-off
+    done = _work_until(service, cert_id, "COMPLETE")["data"]
+    _verify_chain(tmp_path, pebble, done)
+
+
+@pytest.fixture
+def wrong_eab_service(
+    tmp_path: Path, pebble: Pebble, dns_server: ChallTestSrv, site: DcvHttpServer
+) -> Iterator[Service]:
+    wrong = "A" * len(pebble.eab_hmac_key)
+    yield from _service(tmp_path, pebble, dns_server, site, hmac_key=wrong)
+
+
+def test_wrong_eab_key_fails_the_check_and_place_answers_minus_6(
+    wrong_eab_service: Service,
+) -> None:
+    service = wrong_eab_service
+    [result] = upstream_accounts.check_all(service.ctx)
+    assert not result.ok
+    assert result.line().startswith("pebble: FAILED: unauthorized")
+    assert "check the EAB key of kid 'kid-1'" in result.line()
+    with service.ctx.db.read() as session:
+        account = session.scalars(select(UpstreamAccount)).one()
+        assert account.status == "failed" and account.account_url is None
+
+    service.topup(100)
+    answer = service.call("place", productCode=PRODUCT, years="1", params=PARAMS)
+    assert answer["code"] == -6
+    assert "upstream CA ’pebble’" in answer["errors"]
+    assert "nothing was charged" in answer["errors"]
+    assert service.balance() == 100_00
+    assert service.counts() == (0, 0)
+    # validate answers the same.
+    checked = service.call("validate", productCode=PRODUCT, years="1", params=PARAMS)
+    assert checked["code"] == -6
+
+
+def test_email_is_refused_for_acme_products(acme_service: Service) -> None:
+    service = acme_service
+    upstream_accounts.check_all(service.ctx)
+    service.topup(100)
+    params = {"server": "nginx", "domainInfo": [{"domainName": NAME, "dcvMethod": "EMAIL"}]}
+    answer = service.call("place", productCode=PRODUCT, years="1", params=params)
+    assert answer["code"] == -1
+    [message] = next(iter(answer["errors"].values()))
+    assert message == (
+        f"dcvMethod EMAIL is not supported by product {PRODUCT} (ACME); "
+        "use one of HTTP_CSR_HASH, HTTPS_CSR_HASH"
+    )
+
+
+def test_a_step_dying_between_answer_and_finalize_resumes_with_one_certificate(
+    acme_service: Service, pebble: Pebble, tmp_path: Path
+) -> None:
+    service = acme_service
+    cert_id = _place(service)["certId"]
+    service.work()
+    _publish(service, service.call("collect", certId=cert_id)["data"])
+
+    def die(step: str, _upstream_order_id: int) -> None:
+        if step == "answered":
+            raise RuntimeError("killed after answering")
+
+    upstream_orders.after_commit = die
+    service.work()  # the step dies; the worker logs it and the lease stays
+    upstream_orders.after_commit = None
+    with service.ctx.db.read() as session:
+        row = session.scalars(select(UpstreamOrder)).one()
+        assert row.lease_owner is not None and row.finalize_sent_at is None
+    assert "Issued certificate serial" not in pebble.log()
+
+    # A new worker (another process) takes over once the lease has run out.
+    service.advance(service.ctx.policy.lease)
+    done = _work_until(service, cert_id, "COMPLETE")["data"]
+    _verify_chain(tmp_path, pebble, done)
+    assert _certificates(service) == 1
+    assert _charges(service) == [-12_00]
+    assert service.balance() == 100_00 - 12_00
+    # Pebble issued one certificate for this order.
+    assert pebble.log().count("Issued certificate serial") == 1
+
+
+def test_builtin_issuance_never_claims_upstream_orders(acme_service: Service) -> None:
+    service = acme_service
+    _place(service)
+    worker = Worker(service.ctx)
+    from certbroker.orders import issuing
+
+    assert issuing.claim_ready_orders(service.ctx, worker.owner) == []
+    asyncio.run(worker.run_once())
+    assert _certificates(service) == 0
