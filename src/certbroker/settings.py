@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -32,8 +32,69 @@ def _config_file() -> Path:
     return data_dir / "certbroker.toml"
 
 
+class DcvDelegationSettings(BaseModel):
+    """`[dcv_delegation]`: the zone customers delegate `_acme-challenge` to by CNAME, and how
+    TXT values get into it (docs/DNS-DELEGATION.md). Environment:
+    `CERTBROKER_DCV_DELEGATION__<NAME>`."""
+
+    zone: str = ""  # e.g. dcv.operator.example; empty: delegation not offered
+    publisher: Literal["builtin", "rfc2136", "challtestsrv"] = "builtin"
+    txt_ttl: int = Field(default=60, ge=1, le=86400)
+    # A TXT value is served at most this long, unless removed before (one validation).
+    txt_lifetime_seconds: int = Field(default=86400, ge=60)
+    confirm_timeout_seconds: float = Field(default=30.0, gt=0)
+    # builtin: the authoritative server of `certbroker dns serve` (UDP and TCP).
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=53, ge=0, le=65535)
+    # The zone's NS names (outside the zone, with their own A/AAAA), first one the SOA MNAME.
+    nameservers: list[str] = Field(default_factory=list)
+    hostmaster: str = ""  # SOA RNAME as a mail address; default hostmaster@<zone>
+    # rfc2136: the operator's primary server, and the TSIG key (RFC 8945) it accepts updates
+    # with. The secret comes from the environment or a file, never from the TOML file.
+    rfc2136_server: str = ""
+    rfc2136_port: int = Field(default=53, ge=1, le=65535)
+    rfc2136_tsig_key_name: str = ""
+    rfc2136_tsig_algorithm: str = "hmac-sha256"
+    rfc2136_tsig_secret: SecretStr | None = None
+    rfc2136_tsig_secret_file: Path | None = None
+    # challtestsrv (tests): its management API, and its DNS port that confirm() asks.
+    challtestsrv_url: str = "http://127.0.0.1:8055"
+    challtestsrv_dns: str = "127.0.0.1:8053"
+
+    @field_validator("nameservers", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def tsig_secret(self) -> str | None:
+        """The TSIG secret (base64) from the environment or the secret file."""
+        if self.rfc2136_tsig_secret is not None:
+            return self.rfc2136_tsig_secret.get_secret_value().strip()
+        if self.rfc2136_tsig_secret_file is not None:
+            return self.rfc2136_tsig_secret_file.read_text().strip()
+        return None
+
+
+class _TomlWithoutSecrets(TomlConfigSettingsSource):
+    """The TOML file, which must not hold the secrets that belong in the environment."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        delegation = data.get("dcv_delegation")
+        if isinstance(delegation, dict) and "rfc2136_tsig_secret" in delegation:
+            raise ValueError(
+                "[dcv_delegation] rfc2136_tsig_secret does not belong in the TOML file: set "
+                "CERTBROKER_DCV_DELEGATION__RFC2136_TSIG_SECRET or rfc2136_tsig_secret_file"
+            )
+        return data
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CERTBROKER_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="CERTBROKER_", extra="ignore", env_nested_delimiter="__"
+    )
 
     data_dir: Path = Path("./certbroker-data")
     database_url: str | None = None
@@ -116,6 +177,7 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
+    dcv_delegation: DcvDelegationSettings = Field(default_factory=DcvDelegationSettings)
 
     @field_validator(
         "dcv_allow_networks",
@@ -155,7 +217,7 @@ class Settings(BaseSettings):
         return (
             init_settings,
             env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=_config_file()),
+            _TomlWithoutSecrets(settings_cls, toml_file=_config_file()),
         )
 
     @property
