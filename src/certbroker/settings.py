@@ -43,6 +43,9 @@ class DcvDelegationSettings(BaseModel):
     # A TXT value is served at most this long, unless removed before (one validation).
     txt_lifetime_seconds: int = Field(default=86400, ge=60)
     confirm_timeout_seconds: float = Field(default=30.0, gt=0)
+    # host:port of the authoritative server confirm() asks; default: the built-in server's
+    # listen address, the rfc2136 server, or challtestsrv's DNS on 127.0.0.1:8053.
+    confirm_server: str = ""
     # builtin: the authoritative server of `certbroker dns serve` (UDP and TCP).
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=53, ge=0, le=65535)
@@ -57,9 +60,8 @@ class DcvDelegationSettings(BaseModel):
     rfc2136_tsig_algorithm: str = "hmac-sha256"
     rfc2136_tsig_secret: SecretStr | None = None
     rfc2136_tsig_secret_file: Path | None = None
-    # challtestsrv (tests): its management API, and its DNS port that confirm() asks.
+    # challtestsrv (tests): pebble-challtestsrv's management API.
     challtestsrv_url: str = "http://127.0.0.1:8055"
-    challtestsrv_dns: str = "127.0.0.1:8053"
 
     @field_validator("nameservers", mode="before")
     @classmethod
