@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import shutil
@@ -22,6 +23,7 @@ from certbroker.api.limits import ApiGuard, ApiLimits
 from certbroker.api.racent.routes import configure_limits
 from certbroker.app import create_app
 from certbroker.clock import SystemClock
+from certbroker.dns_delegation import serving
 from certbroker.orders import (
     accounts,
     audit,
@@ -48,6 +50,8 @@ app.add_typer(account_app, name="account")
 app.add_typer(token_app, name="token")
 app.add_typer(ov_app, name="ov")
 app.add_typer(db_app, name="db")
+dns_app = typer.Typer(no_args_is_help=True, help="The DNS zone of dns-01 delegations")
+app.add_typer(dns_app, name="dns")
 
 out = Console()
 err = Console(stderr=True)
@@ -190,6 +194,21 @@ def worker(
         metrics.serve_metrics(metrics_port, metrics_host)
     out.print("certbroker worker running", highlight=False)
     run_until_signalled(ctx, poll_seconds=settings.worker_poll_seconds)
+
+
+@dns_app.command("serve")
+def dns_serve() -> None:
+    """Run the built-in authoritative DNS server of [dcv_delegation] zone on UDP and TCP at
+    listen_host:listen_port (docs/DNS-DELEGATION.md); stops on SIGTERM/SIGINT."""
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        server = serving.make_server(
+            settings.dcv_delegation, bootstrap.open_database(settings), SystemClock()
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    asyncio.run(serving.serve_until_signalled(server))
 
 
 @db_app.command("upgrade")

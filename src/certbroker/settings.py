@@ -50,7 +50,7 @@ class DcvDelegationSettings(BaseModel):
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=53, ge=0, le=65535)
     # The zone's NS names (outside the zone, with their own A/AAAA), first one the SOA MNAME.
-    nameservers: list[str] = Field(default_factory=list)
+    nameservers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     hostmaster: str = ""  # SOA RNAME as a mail address; default hostmaster@<zone>
     # rfc2136: the operator's primary server, and the TSIG key (RFC 8945) it accepts updates
     # with. The secret comes from the environment or a file, never from the TOML file.
@@ -67,6 +67,8 @@ class DcvDelegationSettings(BaseModel):
     @classmethod
     def _split_names(cls, value: Any) -> Any:
         if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
