@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import shutil
@@ -22,6 +23,7 @@ from certbroker.api.limits import ApiGuard, ApiLimits
 from certbroker.api.racent.routes import configure_limits
 from certbroker.app import create_app
 from certbroker.clock import SystemClock
+from certbroker.dns_delegation import serving
 from certbroker.orders import (
     accounts,
     audit,
@@ -51,6 +53,8 @@ app.add_typer(ov_app, name="ov")
 app.add_typer(db_app, name="db")
 upstream_app = typer.Typer(no_args_is_help=True, help="Upstream ACME CAs")
 app.add_typer(upstream_app, name="upstream")
+dns_app = typer.Typer(no_args_is_help=True, help="The DNS zone of dns-01 delegations")
+app.add_typer(dns_app, name="dns")
 
 out = Console()
 err = Console(stderr=True)
@@ -221,6 +225,21 @@ def upstream_check(
         out.print(result.line(), highlight=False, soft_wrap=True)
     if not all(r.ok for r in results):
         raise typer.Exit(code=1)
+
+
+@dns_app.command("serve")
+def dns_serve() -> None:
+    """Run the built-in authoritative DNS server of [dcv_delegation] zone on UDP and TCP at
+    listen_host:listen_port (docs/DNS-DELEGATION.md); stops on SIGTERM/SIGINT."""
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        server = serving.make_server(
+            settings.dcv_delegation, bootstrap.open_database(settings), SystemClock()
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    asyncio.run(serving.serve_until_signalled(server))
 
 
 @db_app.command("upgrade")

@@ -223,6 +223,11 @@ class KeyRing(SecretBox):
             self.reload()
         return self._box.encrypt(plaintext, context=context)
 
+    def derive_key(self, purpose: bytes) -> bytes:
+        if self._path is not None and self._stamp() != self._seen:
+            self.reload()
+        return self._box.derive_key(purpose)
+
     def decrypt(self, token: str, *, context: bytes) -> bytes:
         if self._path is not None and _key_id_or_none(token) not in self._ids:
             self.reload()

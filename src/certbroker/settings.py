@@ -77,8 +77,65 @@ class UpstreamSettings(BaseModel):
         return None
 
 
+def _config_file() -> Path:
+    explicit = os.environ.get("CERTBROKER_CONFIG")
+    if explicit:
+        return Path(explicit)
+    data_dir = Path(os.environ.get("CERTBROKER_DATA_DIR", "./certbroker-data"))
+    return data_dir / "certbroker.toml"
+
+
+class DcvDelegationSettings(BaseModel):
+    """`[dcv_delegation]`: the zone customers delegate `_acme-challenge` to by CNAME, and how
+    TXT values get into it (docs/DNS-DELEGATION.md). Environment:
+    `CERTBROKER_DCV_DELEGATION__<NAME>`."""
+
+    zone: str = ""  # e.g. dcv.operator.example; empty: delegation not offered
+    publisher: Literal["builtin", "rfc2136", "challtestsrv"] = "builtin"
+    txt_ttl: int = Field(default=60, ge=1, le=86400)
+    # A TXT value is served at most this long, unless removed before (one validation).
+    txt_lifetime_seconds: int = Field(default=86400, ge=60)
+    confirm_timeout_seconds: float = Field(default=30.0, gt=0)
+    # host:port of the authoritative server confirm() asks; default: the built-in server's
+    # listen address, the rfc2136 server, or challtestsrv's DNS on 127.0.0.1:8053.
+    confirm_server: str = ""
+    # builtin: the authoritative server of `certbroker dns serve` (UDP and TCP).
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=53, ge=0, le=65535)
+    # The zone's NS names (outside the zone, with their own A/AAAA), first one the SOA MNAME.
+    nameservers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    hostmaster: str = ""  # SOA RNAME as a mail address; default hostmaster@<zone>
+    # rfc2136: the operator's primary server, and the TSIG key (RFC 8945) it accepts updates
+    # with. The secret comes from the environment or a file, never from the TOML file.
+    rfc2136_server: str = ""
+    rfc2136_port: int = Field(default=53, ge=1, le=65535)
+    rfc2136_tsig_key_name: str = ""
+    rfc2136_tsig_algorithm: str = "hmac-sha256"
+    rfc2136_tsig_secret: SecretStr | None = None
+    rfc2136_tsig_secret_file: Path | None = None
+    # challtestsrv (tests): pebble-challtestsrv's management API.
+    challtestsrv_url: str = "http://127.0.0.1:8055"
+
+    @field_validator("nameservers", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def tsig_secret(self) -> str | None:
+        """The TSIG secret (base64) from the environment or the secret file."""
+        if self.rfc2136_tsig_secret is not None:
+            return self.rfc2136_tsig_secret.get_secret_value().strip()
+        if self.rfc2136_tsig_secret_file is not None:
+            return self.rfc2136_tsig_secret_file.read_text().strip()
+        return None
+
+
 class _TomlWithoutSecrets(TomlConfigSettingsSource):
-    """The TOML file, refusing an upstream's EAB HMAC key written into it."""
+    """The TOML file, which must not hold the secrets that belong in the environment."""
 
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
@@ -90,15 +147,13 @@ class _TomlWithoutSecrets(TomlConfigSettingsSource):
                         f"upstreams.{name}.eab_hmac_key must not be in the TOML file: use "
                         f"eab_hmac_key_file or CERTBROKER_UPSTREAMS__{name.upper()}__EAB_HMAC_KEY"
                     )
+        delegation = data.get("dcv_delegation")
+        if isinstance(delegation, dict) and "rfc2136_tsig_secret" in delegation:
+            raise ValueError(
+                "[dcv_delegation] rfc2136_tsig_secret does not belong in the TOML file: set "
+                "CERTBROKER_DCV_DELEGATION__RFC2136_TSIG_SECRET or rfc2136_tsig_secret_file"
+            )
         return data
-
-
-def _config_file() -> Path:
-    explicit = os.environ.get("CERTBROKER_CONFIG")
-    if explicit:
-        return Path(explicit)
-    data_dir = Path(os.environ.get("CERTBROKER_DATA_DIR", "./certbroker-data"))
-    return data_dir / "certbroker.toml"
 
 
 class Settings(BaseSettings):
@@ -193,6 +248,7 @@ class Settings(BaseSettings):
     catalog: Path | None = None
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
+    dcv_delegation: DcvDelegationSettings = Field(default_factory=DcvDelegationSettings)
 
     @field_validator(
         "dcv_allow_networks",

@@ -91,6 +91,13 @@ class ChallTestSrv:
     def clear_cname(self, host: str) -> None:
         self._post("/clear-cname", {"host": host})
 
+    def set_txt(self, host: str, value: str) -> None:
+        """Adds one TXT value at `host` (an absolute name: end it with a dot)."""
+        self._post("/set-txt", {"host": host, "value": value})
+
+    def clear_txt(self, host: str) -> None:
+        self._post("/clear-txt", {"host": host})
+
     def set_servfail(self, host: str) -> None:
         """Every query for `host` (any type) answers SERVFAIL."""
         self._post("/set-servfail", {"host": host})

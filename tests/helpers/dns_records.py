@@ -1,10 +1,13 @@
 """A tiny authoritative DNS server on 127.0.0.1 (UDP) for what pebble-challtestsrv cannot
 answer: NXDOMAIN (challtestsrv never says a name does not exist), CAA records with flags (it
-always sends flag 0) and CNAME chains. Plus a UDP socket that never answers, for timeouts.
+always sends flag 0), CNAME chains and wildcards. Plus a UDP socket that never answers, for
+timeouts.
 
 Messages are parsed and built with dnspython's wire-format code; resolution is done here in a
-few lines: exact names only, CNAMEs followed for other types, NXDOMAIN for a name that has no
-records and no records below it (otherwise NOERROR with an empty answer).
+few lines: exact names, CNAMEs followed for other types, a wildcard `*.<parent>` answering for
+a child of `<parent>` that has no records and none below it (RFC 4592, simplified to the
+immediate parent), NXDOMAIN for a name that has no records and no records below it (otherwise
+NOERROR with an empty answer).
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ class TinyDnsServer:
                     response.set_rcode(dns.rcode.SERVFAIL)
                     return response
                 here = self._records.get(name, [])
+                if not here and not any(n.is_subdomain(name) for n in self._records):
+                    here = self._records.get(dns.name.from_text("*", name.parent()), [])
                 cnames = [r for r in here if r.rdtype == dns.rdatatype.CNAME]
                 if cnames and rdtype != dns.rdatatype.CNAME:
                     response.answer.append(_rrset(name, cnames))

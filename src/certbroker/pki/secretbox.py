@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 _VERSION: Final = "v1"
 _KEY_BYTES: Final = 32
@@ -59,12 +61,15 @@ class SecretBox:
         if not keys:
             raise ValueError("at least one master key is required")
         self._ciphers: dict[str, AESGCM] = {}
+        self._derivable: dict[str, bytes] = {}
         for key_id, encoded in keys.items():
             if not _KEY_ID.fullmatch(key_id):
                 raise ValueError(
                     f"master key id {key_id!r} must be 1-64 characters of [A-Za-z0-9_.-]"
                 )
-            self._ciphers[key_id] = AESGCM(_decode_key(key_id, encoded))
+            raw = _decode_key(key_id, encoded)
+            self._ciphers[key_id] = AESGCM(raw)
+            self._derivable[key_id] = raw
         if current not in self._ciphers:
             raise ValueError(f"current master key id {current!r} is not among the configured keys")
         self._current = current
@@ -78,6 +83,13 @@ class SecretBox:
         sealed = self._ciphers[self._current].encrypt(nonce, plaintext, context)
         payload = base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
         return f"{_VERSION}:{self._current}:{payload}"
+
+    def derive_key(self, purpose: bytes) -> bytes:
+        """A 256-bit key for `purpose` derived from the current master key (HKDF-SHA256,
+        RFC 5869, `purpose` as info), so other secrets need no key of their own. Values made
+        with it must be stored: after a rotation the same purpose derives another key."""
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=_KEY_BYTES, salt=None, info=purpose)
+        return hkdf.derive(self._derivable[self._current])
 
     def decrypt(self, token: str, *, context: bytes) -> bytes:
         key_id, blob = _split(token)

@@ -455,3 +455,30 @@ class UpstreamAuthz(Base):
     prechecked_at: Mapped[datetime | None]
     answered_at: Mapped[datetime | None]
     last_problem: Mapped[str | None] = mapped_column(Text)
+
+
+class DnsDelegation(Base):
+    """An account's persistent dns-01 delegation for a base domain: the customer's
+    `_acme-challenge.<base_domain>` CNAME points to `<label>.<delegation zone>.` once, for
+    every order after (docs/DNS-DELEGATION.md). The label is made once and never recomputed."""
+
+    __tablename__ = "dns_delegations"
+    __table_args__ = (UniqueConstraint("account_id", "base_domain"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    base_domain: Mapped[str] = mapped_column(String(253))  # lower case, no `*.`, no final dot
+    label: Mapped[str] = mapped_column(String(26), unique=True)
+    created_at: Mapped[datetime]
+
+
+class DnsTxt(Base):
+    """A TXT value published in the delegation zone (RFC 8555 8.4: one row per value), served
+    by the built-in DNS server until `expires_at`."""
+
+    __tablename__ = "dns_txt"
+    __table_args__ = (UniqueConstraint("fqdn", "value"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fqdn: Mapped[str] = mapped_column(String(253), index=True)  # lower case, no final dot
+    value: Mapped[str] = mapped_column(String(255))  # one character-string (RFC 1035 3.3.14)
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime]
