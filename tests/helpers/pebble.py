@@ -20,6 +20,7 @@ import time
 from ipaddress import ip_address
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 from cryptography import x509
@@ -158,6 +159,12 @@ class Pebble:
         """The root that signs Pebble's certificate chains (management `/roots/0`)."""
         url = f"https://127.0.0.1:{self.management_port}/roots/0"
         return httpx.get(url, verify=self._context(), timeout=5).text
+
+    def cert_status(self, serial_hex: str) -> dict[str, Any]:
+        """Pebble's view of a certificate (management `/cert-status-by-serial/<hex>`)."""
+        url = f"https://127.0.0.1:{self.management_port}/cert-status-by-serial/{serial_hex}"
+        answer: dict[str, Any] = httpx.get(url, verify=self._context(), timeout=5).json()
+        return answer
 
     def log(self) -> str:
         self._log.flush()

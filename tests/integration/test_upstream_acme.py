@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -332,3 +333,53 @@ def test_builtin_issuance_never_claims_upstream_orders(acme_service: Service) ->
     assert issuing.claim_ready_orders(service.ctx, worker.owner) == []
     asyncio.run(worker.run_once())
     assert _certificates(service) == 0
+
+
+def _issued(service: Service) -> tuple[str, str]:
+    """An upstream order placed, published and COMPLETE: (certId, serial in hex)."""
+    data = _place(service)
+    service.work()
+    _publish(service, service.call("collect", certId=data["certId"])["data"])
+    done = _work_until(service, data["certId"], "COMPLETE")["data"]
+    leaf = x509.load_pem_x509_certificate(done["certificate"].encode())
+    return data["certId"], format(leaf.serial_number, "x")
+
+
+def test_revoke_revokes_at_the_upstream_with_the_reason(
+    acme_service: Service, pebble: Pebble
+) -> None:
+    service = acme_service
+    cert_id, serial = _issued(service)
+    assert pebble.cert_status(serial)["Status"] == "Valid"
+    answer = service.call("revoke", certId=cert_id, reason="keyCompromise")
+    assert answer["code"] == 1, answer
+    status = pebble.cert_status(serial)
+    assert status["Status"] == "Revoked" and status["Reason"] == 1
+    assert service.call("collect", certId=cert_id)["status"] == "REVOKED"
+
+
+def test_revoke_changes_nothing_when_the_upstream_refuses(
+    acme_service: Service, pebble: Pebble
+) -> None:
+    service = acme_service
+    cert_id, _serial = _issued(service)
+    pebble.close()  # the upstream is gone: nothing may be recorded as revoked
+    answer = service.call("revoke", certId=cert_id, reason="keyCompromise")
+    assert answer["code"] == -6, answer
+    assert "nothing was changed" in answer["errors"]
+    assert service.call("collect", certId=cert_id)["status"] == "COMPLETE"
+    with service.ctx.db.read() as session:
+        revoked = session.scalars(select(Certificate.revoked_at)).all()
+    assert revoked == [None]
+
+
+def test_cancel_of_an_issued_upstream_certificate_revokes_it_there(
+    acme_service: Service, pebble: Pebble
+) -> None:
+    service = acme_service
+    cert_id, serial = _issued(service)
+    answer = service.call("cancel", certId=cert_id, reason="ordered by mistake")
+    assert answer["code"] == 1, answer
+    status = pebble.cert_status(serial)
+    assert status["Status"] == "Revoked" and status["Reason"] == 5  # cessationOfOperation
+    assert service.call("collect", certId=cert_id)["status"] == "CANCELLED"

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import requests
 from acme import challenges, errors, messages
 from acme.client import ClientNetwork, ClientV2
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy.b64 import b64encode
@@ -347,6 +348,12 @@ class AcmeUpstream:
         client = self.client
         done = self._call("finalize", lambda: client.begin_finalization(orderr))
         return _order(order_url, done.body)
+
+    def revoke(self, certificate_pem: str, reason: int) -> None:
+        """revokeCert with this account's key (RFC 8555 7.6) and a CRLReason code."""
+        certificate = x509.load_pem_x509_certificate(certificate_pem.encode("ascii"))
+        client = self.client
+        self._call("revokeCert", lambda: client.revoke(certificate, reason))
 
     def certificate_chain(self, url: str) -> str:
         """The PEM chain (RFC 8555 7.4.2): leaf first."""

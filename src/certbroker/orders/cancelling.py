@@ -15,6 +15,12 @@ from certbroker.orders.events import record_event
 from certbroker.orders.lifecycle import publish_revocations
 from certbroker.orders.refunds import refund_purchase, settle_failure
 from certbroker.orders.states import Operation, Status, require_allowed
+from certbroker.orders.upstream_revocation import (
+    require_revoked_upstream,
+    revoke_upstream,
+    subscription_order_ids,
+    upstream_certificates,
+)
 from certbroker.orders.views import load_order
 from certbroker.store.models import Certificate, Order
 
@@ -36,6 +42,14 @@ def _subscription_start(session: Session, order: Order) -> datetime | None:
 def cancel(ctx: OrdersContext, account: AccountRef, cert_id: object, reason: object) -> None:
     now = ctx.clock.now()
     reason_text = str(reason).strip() if reason is not None else ""
+    with ctx.db.read() as session:
+        order = load_order(session, account, cert_id)
+        require_allowed(Operation.CANCEL, order.status)
+        if not reason_text:
+            raise ApiError(Code.INVALID, {"reason": ["reason is required"]})
+        upstream = upstream_certificates(session, subscription_order_ids(session, order))
+    # An upstream's certificates are revoked there first, outside the transaction.
+    done = revoke_upstream(ctx, upstream, REASON_CESSATION_OF_OPERATION) if upstream else set()
     with ctx.db.transaction() as session:
         order = load_order(session, account, cert_id, lock=True)
         require_allowed(Operation.CANCEL, order.status)
@@ -59,6 +73,7 @@ def cancel(ctx: OrdersContext, account: AccountRef, cert_id: object, reason: obj
                 Certificate.revoked_at.is_(None),
             )
         ):
+            require_revoked_upstream([cert], done)
             cert.revoked_at = now
             cert.revocation_reason = REASON_CESSATION_OF_OPERATION
         # A signature in progress for this order must never be stored now.

@@ -36,6 +36,11 @@ from certbroker.orders.params import (
 )
 from certbroker.orders.reuse import apply_reuse
 from certbroker.orders.states import Operation, Status, require_allowed
+from certbroker.orders.upstream_revocation import (
+    require_revoked_upstream,
+    revoke_upstream,
+    upstream_certificates,
+)
 from certbroker.orders.views import load_order
 from certbroker.pki.csr import CsrError, parse_csr
 from certbroker.pki.keys import private_key_to_pem
@@ -336,7 +341,11 @@ def parse_reason(raw: object) -> tuple[int, str | None]:
     return 0, text[:MAX_NOTE_CHARS]
 
 
-def revoke_certificates(session: Session, order: Order, reason: int, now: datetime) -> int:
+def revoke_certificates(
+    session: Session, order: Order, reason: int, now: datetime, upstream_done: set[int]
+) -> int:
+    """Mark the order's certificates revoked; `upstream_done`: the upstream certificates this
+    call revoked at their CA (orders/upstream_revocation.py)."""
     rows = session.scalars(
         select(Certificate).where(
             Certificate.order_id == order.id,
@@ -344,6 +353,7 @@ def revoke_certificates(session: Session, order: Order, reason: int, now: dateti
             Certificate.revoked_at.is_(None),
         )
     ).all()
+    require_revoked_upstream(rows, upstream_done)
     for cert in rows:
         cert.revoked_at = now
         cert.revocation_reason = reason
@@ -362,11 +372,16 @@ def revoke_certificates(session: Session, order: Order, reason: int, now: dateti
 
 def revoke(ctx: OrdersContext, account: AccountRef, cert_id: object, reason: object) -> None:
     now = ctx.clock.now()
+    with ctx.db.read() as session:
+        order = load_order(session, account, cert_id)
+        require_allowed(Operation.REVOKE, order.status)
+        code, note = parse_reason(reason)
+        upstream = upstream_certificates(session, [order.id])
+    done = revoke_upstream(ctx, upstream, code)  # the upstream first, outside the transaction
     with ctx.db.transaction() as session:
         order = load_order(session, account, cert_id, lock=True)
         require_allowed(Operation.REVOKE, order.status)
-        code, note = parse_reason(reason)
-        count = revoke_certificates(session, order, code, now)
+        count = revoke_certificates(session, order, code, now, done)
         order.status = Status.REVOKED
         order.renew_due_at = None
         order.issue_due_at = None
