@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from certbroker import keyring
 from certbroker.catalog.catalog import Catalog, UpstreamLimits
 from certbroker.clock import Clock, SystemClock
+from certbroker.dns_delegation.publishers import make_publisher
 from certbroker.issuance.acme_upstream import UpstreamConfig
 from certbroker.issuance.builtin import BuiltinCa
 from certbroker.orders import accounts
@@ -163,6 +164,7 @@ def build_context(settings: Settings, clock: Clock | None = None) -> OrdersConte
         lint_mode=settings.pre_issuance_lint,
     )
     ca.names_policy, ca.weak_keys = policy.names, policy.weak_keys
+    delegation = settings.dcv_delegation
     return OrdersContext(
         db=db,
         catalog=load_catalog(settings),
@@ -172,6 +174,9 @@ def build_context(settings: Settings, clock: Clock | None = None) -> OrdersConte
         policy=policy,
         key_pool=key_pool_from(settings),
         upstreams=upstream_configs(settings),
+        dcv_zone=delegation.zone.strip().lower().rstrip("."),
+        dns_publisher=make_publisher(delegation, db, clock) if delegation.zone else None,
+        dns_txt_ttl=delegation.txt_ttl,
     )
 
 

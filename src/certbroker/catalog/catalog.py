@@ -23,9 +23,9 @@ Policy decisions encoded here (one place, used by pricing and by the order limit
   offer an HTTP(S) file method because BR 3.2.2.5 has no DNS or constructed-e-mail method for IPs.
 - Issuers. A product may carry `"issuer": {"type": "acme", "upstream": NAME, "keyTypes": [...]}`
   (absent: the built-in CA). `Catalog.check_upstreams` refuses, at start-up, a product whose
-  upstream is unknown or cannot certify what the product promises. An ACME product offers only
-  file methods for now (http-01, RFC 8555 8.3): no EMAIL (ACME has none for TLS), and dns-01
-  through a CNAME delegation is not built yet.
+  upstream is unknown or cannot certify what the product promises. An ACME product offers the
+  file methods (http-01, RFC 8555 8.3) and CNAME_CSR_HASH (dns-01, 8.4, through the persistent
+  CNAME delegation); no EMAIL (ACME has none for TLS).
 - Catalog files. `load(path)` reads the shipped products.json and then the operator's file: a
   product with a shipped code replaces it, a new code is added (in file order); with
   `"replace": true` the operator's file is the whole catalogue.
@@ -75,7 +75,8 @@ _PRODUCT_KEYS = frozenset(
 _OPTIONAL_KEYS = frozenset({"issuer"})
 # Key types a product may promise (pki/keys.KEY_SPECS spelling; catalog imports nothing of pki).
 KEY_TYPES: tuple[str, ...] = ("rsa2048", "rsa3072", "rsa4096", "ec256", "ec384")
-ACME_DCV_METHODS: frozenset[str] = FILE_DCV_METHODS
+# http-01 (RFC 8555 8.3) for the file methods, dns-01 (8.4) through the CNAME delegation.
+ACME_DCV_METHODS: frozenset[str] = FILE_DCV_METHODS | {"CNAME_CSR_HASH"}
 _TERM_KEYS = {f"price{12 * y:03d}": y for y in range(1, MAX_TERM_YEARS + 1)}
 _CODE_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*\Z")
 _PRICE_RE = re.compile(r"(?:0|[1-9][0-9]{0,6})\.[0-9]{2}\Z")
@@ -428,8 +429,9 @@ def _parse_product(raw: object, index: int, source: str) -> Product:
     issuer = _parse_issuer(entry.get("issuer"), fail)
     if issuer.is_acme and not set(dcv) <= ACME_DCV_METHODS:
         raise fail(
-            "an ACME product offers only HTTP_CSR_HASH and HTTPS_CSR_HASH (http-01, RFC 8555 "
-            f"8.3); remove {', '.join(m for m in dcv if m not in ACME_DCV_METHODS)}"
+            "an ACME product offers only HTTP_CSR_HASH, HTTPS_CSR_HASH (http-01, RFC 8555 8.3) "
+            "and CNAME_CSR_HASH (dns-01, 8.4); remove "
+            + ", ".join(m for m in dcv if m not in ACME_DCV_METHODS)
         )
 
     base, normal, wild = _parse_prices(entry["price"], fail)

@@ -20,6 +20,7 @@ A `ClientNetwork` (one requests session, one nonce pool) is not thread-safe: cal
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -160,6 +161,11 @@ def thumbprint(key_pem: bytes) -> str:
 def key_authorization(token: str, account_thumbprint: str) -> str:
     """RFC 8555 8.1: token || '.' || base64url(Thumbprint(accountKey))."""
     return f"{token}.{account_thumbprint}"
+
+
+def dns01_txt_value(key_auth: str) -> str:
+    """RFC 8555 8.4: the TXT value of a dns-01 challenge, base64url(SHA-256(keyAuthorization))."""
+    return b64encode(hashlib.sha256(key_auth.encode("ascii")).digest()).decode("ascii")
 
 
 def _problem_text(error: messages.Error | None) -> str | None:
@@ -325,13 +331,20 @@ class AcmeUpstream:
 
     def answer_http01(self, authz_url: str) -> None:
         """Tell the upstream the http-01 response is published (RFC 8555 7.5.1)."""
+        self._answer(authz_url, challenges.HTTP01)
+
+    def answer_dns01(self, authz_url: str) -> None:
+        """Tell the upstream the dns-01 TXT value is published (RFC 8555 7.5.1, 8.4)."""
+        self._answer(authz_url, challenges.DNS01)
+
+    def _answer(self, authz_url: str, kind: type[challenges.KeyAuthorizationChallenge]) -> None:
         response = self._call("authorization", lambda: self._post_as_get(authz_url))
         body = self._call(
             "authorization", lambda: messages.Authorization.from_json(response.json())
         )
-        challb = next((c for c in body.challenges if isinstance(c.chall, challenges.HTTP01)), None)
+        challb = next((c for c in body.challenges if isinstance(c.chall, kind)), None)
         if challb is None:
-            raise UpstreamError("malformedResponse", "the authorization offers no http-01")
+            raise UpstreamError("malformedResponse", f"the authorization offers no {kind.typ}")
         client = self.client
         self._call(
             "answer challenge",
@@ -378,8 +391,8 @@ def _order(url: str | None, body: messages.Order) -> OrderSnapshot:
 def _authz(url: str, body: messages.Authorization) -> AuthzSnapshot:
     found = []
     for challb in body.challenges or ():
-        http01 = isinstance(challb.chall, challenges.HTTP01)
-        token = challb.chall.encode("token") if http01 else None
+        keyed = isinstance(challb.chall, challenges.KeyAuthorizationChallenge)
+        token = challb.chall.encode("token") if keyed else None  # http-01, dns-01 (8.3, 8.4)
         found.append(
             ChallengeSnapshot(
                 type=str(challb.chall.typ),

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from certbroker.catalog.catalog import Catalog
 from certbroker.clock import Clock
+from certbroker.dns_delegation.publisher import DnsPublisher
 from certbroker.issuance.acme_upstream import UpstreamClients, UpstreamConfig
 from certbroker.issuance.builtin import BuiltinCa
 from certbroker.pki.key_pool import KeyPool
@@ -82,3 +83,8 @@ class OrdersContext:
     # Upstream ACME CAs by name (docs/UPSTREAMS.md), and their clients (one per thread).
     upstreams: dict[str, UpstreamConfig] = field(default_factory=dict)
     upstream_clients: UpstreamClients = field(default_factory=UpstreamClients)
+    # dns-01 through the persistent CNAME delegation (docs/DNS-DELEGATION.md): the zone
+    # ("" = not offered) and the publisher that puts TXT values into it.
+    dcv_zone: str = ""
+    dns_publisher: DnsPublisher | None = None
+    dns_txt_ttl: int = 60

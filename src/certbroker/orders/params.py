@@ -509,6 +509,10 @@ def _domains(
         result.append(DomainRequest(name=name, dcv_method=method, dcv_email=email))
 
     _name_count(errs, accepted, product)
+    if product.issuer.is_acme:
+        # RFC 8555 7.4: the upstream certifies exactly the identifiers ordered; the customer
+        # lists the base domain next to its wildcard when they want it.
+        return tuple(result)
     return _with_wildcard_bases(result)
 
 

@@ -36,8 +36,12 @@ from certbroker.orders.params import (
 from certbroker.orders.reuse import find_reusable, reused_values
 from certbroker.orders.states import Operation, Status, require_allowed
 from certbroker.orders.upstream_accounts import require_available
-from certbroker.orders.upstream_orders import INSERT_UPSTREAM_ORDER, new_upstream_order
-from certbroker.orders.upstream_rules import check_upstream_order
+from certbroker.orders.upstream_orders import (
+    INSERT_UPSTREAM_ORDER,
+    ensure_delegations,
+    new_upstream_order,
+)
+from certbroker.orders.upstream_rules import check_upstream_dcv, check_upstream_order
 from certbroker.orders.views import (
     NAME_FIELDS,
     NameFacts,
@@ -138,6 +142,7 @@ def check_order(
     years = parse_years(years_raw, product)
     params_dict = decode_params(raw_params)
     params = parse_order_params(params_dict, product, names=ctx.policy.names)
+    check_upstream_dcv(ctx, product, params.domains)
     names = requested_names(params)
     try:
         price = ctx.catalog.price_cents(product, years, names)
@@ -388,6 +393,9 @@ def _create(
         # newOrder happens in the worker (the next pass, woken by place): the order and its
         # charge never wait on the upstream.
         connection.execute(INSERT_UPSTREAM_ORDER, new_upstream_order(order_id, upstream, now))
+        # dns-01: the label is made (once per account and base domain) and stored now, so
+        # collect shows the CNAME at once.
+        ensure_delegations(ctx, session, account.id, params.domains, now)
     if renewed is not None:
         renewed.renewed_by_cert_id = cert_id
         record_event(session, renewed, "certificate.renewed", {"renewedBy": cert_id}, now)
@@ -423,6 +431,7 @@ def _create(
         **{
             f: values[f]
             for f in (
+                "account_id",
                 "cert_id",
                 "order_num",
                 "ref_id",

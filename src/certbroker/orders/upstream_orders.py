@@ -5,8 +5,16 @@ step then re-reads the upstream object, takes one action and commits, so a crash
 resumes at the last commit and nothing is issued or charged twice:
 
     new         -- newOrder (7.4) --> pending; authz rows with token and key authorization
-    pending     per authz: pre-check the customer's file with our own fetcher, then answer the
-                http-01 challenge (7.5.1); the authz is re-read until valid or invalid
+    pending     per authz: pre-check the customer's publication, then answer the challenge
+                (7.5.1); the authz is re-read until valid or invalid.
+                http-01 (8.3): our own fetcher reads the customer's file.
+                dns-01 (8.4), CNAME_CSR_HASH: the customer's persistent CNAME
+                `_acme-challenge.<base>` -> `<label>.<zone>.` is checked (exact target, never
+                followed); only then is base64url(SHA-256(keyAuthorization)) published at
+                `<label>.<zone>` through the DnsPublisher (every value in flight there: a
+                wildcard and its base share the name), confirmed at the zone's authoritative
+                server, and the challenges answered. When no authz there is in flight any more
+                the values are removed.
     ready       -- finalize with the order's CSR (7.4); `finalize_sent_at` is committed first,
                    and a repeated finalize answers orderNotReady, so it is idempotent
     processing  re-read the order until valid
@@ -14,9 +22,14 @@ resumes at the last commit and nothing is issued or charged twice:
                    certificate, completes the order and writes its event
 
 The pre-check is the tenant gate: an authz is only answered, and a name only counts as
-validated, once this order's publication was fetched by certbroker, so customer mistakes
-burn no upstream failed-validation quota and no order finalizes on another tenant's proof.
-It never replaces the upstream CA's own validation.
+validated, once this order's publication was fetched by certbroker (dns-01: the CNAME to this
+account's label was seen), so customer mistakes burn no upstream failed-validation quota and
+no order finalizes on another tenant's proof. It never replaces the upstream CA's own
+validation. An authz the upstream returns already `valid` (authz reuse) counts only once the
+same pre-check passes for this order; until then the name waits with the pre-check's
+`lastError` (retried on the DCV back-off) and the order is never finalized; if the validation
+window ends first the order fails and is refunded as any order whose names were not validated.
+The reused authz is not deactivated.
 
 An invalid authz puts the upstream's problem in the name's `lastError` and starts a new
 attempt (a new upstream order, hence a new token). rejectedIdentifier, badCSR, badPublicKey,
@@ -29,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from ipaddress import ip_network
@@ -41,24 +54,31 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from certbroker.dns_delegation.instructions import delegation_for
+from certbroker.dns_delegation.labels import challenge_name
+from certbroker.dns_delegation.publisher import DnsPublisher, PublishError
 from certbroker.issuance.acme_upstream import (
     AcmeUpstream,
     AuthzSnapshot,
     OrderSnapshot,
     UpstreamError,
+    dns01_txt_value,
     key_authorization,
 )
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.dcv import next_delay
 from certbroker.orders.events import record_event
+from certbroker.orders.params import DomainRequest
 from certbroker.orders.refunds import settle_failure
 from certbroker.orders.states import Status
 from certbroker.orders.terms import subscription_end
 from certbroker.orders.upstream_accounts import account_key
+from certbroker.orders.upstream_rules import DNS01_METHOD
 from certbroker.pki.bundles import make_jks, make_pkcs12, random_password
 from certbroker.pki.keys import load_private_key_pem
 from certbroker.store.db import lock_row
 from certbroker.store.models import Certificate, Order, OrderName, UpstreamAuthz, UpstreamOrder
+from certbroker.validation.delegation_cname import check_delegation_cname
 from certbroker.validation.http_file import (
     ACME_CHALLENGE_DIR,
     check_http_file,
@@ -81,6 +101,10 @@ POLL_DELAY = timedelta(seconds=2)
 BACKOFF_START = timedelta(seconds=30)
 BACKOFF_MAX = timedelta(hours=1)
 VERIFIED_HOW = "upstream http-01"
+VERIFIED_HOW_DNS = "upstream dns-01"
+# An authz the upstream returned already valid, accepted after this order's own pre-check.
+VERIFIED_HOW_REUSE = "upstream-reuse"
+HTTP01, DNS01 = "http-01", "dns-01"
 
 # Test hook: called after each committed step with (step, upstream order id). Tests raise in it
 # to kill a step at a precise point, as a crash would.
@@ -98,6 +122,22 @@ def new_upstream_order(order_id: int, upstream: str, now: datetime) -> dict[str,
         "updated_at": now,
         "next_attempt_at": now,
     }
+
+
+def ensure_delegations(
+    ctx: OrdersContext,
+    session: Session,
+    account_id: int,
+    domains: Iterable[DomainRequest],
+    now: datetime,
+) -> None:
+    """Make (once) and store the delegation label of every CNAME_CSR_HASH name, inside the
+    caller's transaction, so its CNAME is known from place on (one per base domain)."""
+    if not ctx.dcv_zone:
+        return
+    for domain in domains:
+        if domain.dcv_method == DNS01_METHOD:
+            delegation_for(session, ctx.box, account_id, domain.name, zone=ctx.dcv_zone, now=now)
 
 
 def _committed(step: str, upstream_order_id: int) -> None:
@@ -157,6 +197,7 @@ class _Facts:
 
     upstream_order_id: int
     order_id: int
+    account_id: int
     upstream: str
     status: str
     order_url: str | None
@@ -182,6 +223,7 @@ def run_step(ctx: OrdersContext, upstream_order_id: int, owner: str) -> str:
         facts = _Facts(
             row.id,
             order.id,
+            order.account_id,
             row.upstream,
             row.status,
             row.order_url,
@@ -261,10 +303,17 @@ def _new_order(
         row.status = "pending"
         row.last_problem = None
         for authz in authzs:
-            challenge = authz.challenge("http-01")
             shown = "*." + authz.identifier if authz.wildcard else authz.identifier
             name = names.get(shown)
+            dns = name is not None and name.dcv_method == DNS01_METHOD
+            challenge = authz.challenge(DNS01 if dns else HTTP01)
             token = challenge.token if challenge else None
+            txt_fqdn = None
+            if dns and ctx.dcv_zone:
+                found = delegation_for(
+                    session, ctx.box, facts.account_id, shown, zone=ctx.dcv_zone, now=now
+                )
+                txt_fqdn = found.target.rstrip(".")
             session.add(
                 UpstreamAuthz(
                     upstream_order_id=row.id,
@@ -278,10 +327,15 @@ def _new_order(
                     challenge_url=challenge.url if challenge else None,
                     token=token,
                     key_authorization=key_authorization(token, thumbprint) if token else None,
+                    txt_fqdn=txt_fqdn,
                 )
             )
             if name is not None and name.verified_at is None:
-                name.last_result = "publish the file (DCVfilePath, DCVfileContent)"
+                name.last_result = (
+                    "checking the CNAME (DCVdnsHost, DCVdnsValue)"
+                    if dns
+                    else "publish the file (DCVfilePath, DCVfileContent)"
+                )
                 name.next_check_at = None
         _release(row, now, now)
         if row.attempt > 1:
@@ -365,16 +419,20 @@ def _authz_step(
     upstream = client.authorization(authz.url)
     now = ctx.clock.now()
     if upstream.status == "valid" and authz.prechecked_at is not None:
-        _store_authz(ctx, authz_id, upstream, now, verified=True)
+        _store_authz(ctx, authz_id, upstream, now, verified=True, how=_how(authz))
+        _clean_txt(ctx, [authz.txt_fqdn])
         return "all valid"
     if upstream.status == "invalid":
         problem = upstream.error or "the upstream CA marked the authorization invalid"
         _invalid(ctx, facts, owner, authz_id, f"upstream: {problem}", now)
+        _clean_txt(ctx, [authz.txt_fqdn])
         return "invalid"
     if authz.answered_at is not None:
         return "waiting"
     if upstream.status not in ("pending", "valid"):
         return "waiting"
+    if authz.challenge_type == DNS01:
+        return _dns_step(ctx, client, facts, authz, upstream)
     # The tenant gate: a `valid` authz the upstream reused from elsewhere counts only after
     # our own pre-check of this order's publication.
     ok, detail = _precheck(ctx, authz)
@@ -390,7 +448,7 @@ def _authz_step(
             return "precheck failed"
         row.prechecked_at = now
     if upstream.status == "valid":
-        _store_authz(ctx, authz_id, upstream, now, verified=True)
+        _store_authz(ctx, authz_id, upstream, now, verified=True, how=VERIFIED_HOW_REUSE)
         return "all valid"
     client.answer_http01(authz.url)
     with ctx.db.transaction() as session:
@@ -404,8 +462,175 @@ def _authz_step(
     return "answered"
 
 
+def _how(authz: UpstreamAuthz) -> str:
+    return VERIFIED_HOW_DNS if authz.challenge_type == DNS01 else VERIFIED_HOW
+
+
+def _precheck_cname(ctx: OrdersContext, authz: UpstreamAuthz) -> tuple[bool, str]:
+    """The customer's `_acme-challenge.<base>` must be a CNAME to exactly this account's
+    `<label>.<zone>.` (validation/delegation_cname.py: never followed, no wildcard)."""
+    if authz.txt_fqdn is None:
+        return False, (
+            "CNAME_CSR_HASH needs the DNS delegation zone, which this service no longer has "
+            "configured; ask the provider, or replace the order with HTTP_CSR_HASH"
+        )
+    result = asyncio.run(
+        check_delegation_cname(
+            challenge_name(authz.identifier),
+            authz.txt_fqdn + ".",
+            resolver_address=ctx.policy.dcv_resolver,
+            timeout=ctx.policy.dcv_timeout_seconds,
+        )
+    )
+    return result.ok, result.detail
+
+
+def _note_names(
+    ctx: OrdersContext, authz_ids: Sequence[int], detail: str, now: datetime, *, ok: bool
+) -> None:
+    """Record a pre-check's result on the authzs' names (and `prechecked_at` when it passed)."""
+    with ctx.db.transaction() as session:
+        for authz_id in authz_ids:
+            row = session.get(UpstreamAuthz, authz_id)
+            assert row is not None
+            name = session.get(OrderName, row.order_name_id) if row.order_name_id else None
+            if name is not None:
+                name.last_checked_at = now
+                name.attempts += 1
+                name.last_result = detail
+            if ok:
+                row.prechecked_at = now
+
+
+def _in_flight(ctx: OrdersContext, fqdn: str, *, answered_only: bool) -> list[str]:
+    """The dns-01 values needed at `fqdn` now: pre-checked, still pending authzs of pending
+    upstream orders (any order of the account: the label is per account and base domain)."""
+    query = (
+        select(UpstreamAuthz.key_authorization)
+        .join(UpstreamOrder, UpstreamOrder.id == UpstreamAuthz.upstream_order_id)
+        .where(
+            UpstreamAuthz.txt_fqdn == fqdn,
+            UpstreamAuthz.status == "pending",
+            UpstreamAuthz.prechecked_at.is_not(None),
+            UpstreamOrder.status == "pending",
+        )
+        .order_by(UpstreamAuthz.id)
+    )
+    if answered_only:
+        query = query.where(UpstreamAuthz.answered_at.is_not(None))
+    with ctx.db.read() as session:
+        return [dns01_txt_value(k) for k in session.scalars(query) if k]
+
+
+async def _publish_and_confirm(
+    publisher: DnsPublisher, fqdn: str, values: Sequence[str], ttl: int
+) -> None:
+    await publisher.publish_txt(fqdn, values, ttl)
+    await publisher.confirm(fqdn, values)
+
+
+def _dns_step(
+    ctx: OrdersContext,
+    client: AcmeUpstream,
+    facts: _Facts,
+    authz: UpstreamAuthz,
+    upstream: AuthzSnapshot,
+) -> str:
+    """dns-01 through the delegation (RFC 8555 8.4) for every unanswered authz of this order
+    at the same `<label>.<zone>` (a wildcard and its base): one CNAME pre-check, one publish of
+    the whole value set (the publisher replaces the set at a name), one confirmation at the
+    authoritative server, then each challenge answered (7.5.1)."""
+    now = ctx.clock.now()
+    with ctx.db.read() as session:
+        group = (
+            list(
+                session.scalars(
+                    select(UpstreamAuthz)
+                    .where(
+                        UpstreamAuthz.upstream_order_id == facts.upstream_order_id,
+                        UpstreamAuthz.challenge_type == DNS01,
+                        UpstreamAuthz.txt_fqdn == authz.txt_fqdn,
+                        UpstreamAuthz.answered_at.is_(None),
+                        UpstreamAuthz.status == "pending",
+                    )
+                    .order_by(UpstreamAuthz.id)
+                )
+            )
+            if authz.txt_fqdn is not None
+            else [authz]
+        )
+        for row in group:
+            session.expunge(row)
+    ids = [row.id for row in group]
+    ok, detail = _precheck_cname(ctx, authz)
+    _note_names(ctx, ids, detail, now, ok=ok)
+    if not ok:
+        return "precheck failed"
+    assert authz.txt_fqdn is not None
+    # Re-read the siblings: the upstream may hold any of them valid already (authz reuse),
+    # which counts now that this order's own pre-check passed (the tenant gate).
+    current = {
+        row.id: upstream if row.id == authz.id else client.authorization(row.url) for row in group
+    }
+    for row in group:
+        if current[row.id].status == "valid":
+            _store_authz(ctx, row.id, current[row.id], now, verified=True, how=VERIFIED_HOW_REUSE)
+    to_answer = [row for row in group if current[row.id].status == "pending"]
+    if not to_answer:
+        _clean_txt(ctx, [authz.txt_fqdn])
+        return "all valid"
+    publisher = ctx.dns_publisher
+    values = _in_flight(ctx, authz.txt_fqdn, answered_only=False)
+    try:
+        if publisher is None:
+            raise PublishError("no DNS publisher is configured")
+        asyncio.run(_publish_and_confirm(publisher, authz.txt_fqdn, values, ctx.dns_txt_ttl))
+    except PublishError as exc:
+        log.warning("dns-01 publication failed", fqdn=authz.txt_fqdn, error=str(exc))
+        _note_names(
+            ctx,
+            ids,
+            f"{detail}; the service could not publish the validation value in its DNS zone "
+            "yet (its side, not yours); retrying",
+            now,
+            ok=True,
+        )
+        return "precheck failed"
+    for row in to_answer:
+        client.answer_dns01(row.url)
+        with ctx.db.transaction() as session:
+            stored = session.get(UpstreamAuthz, row.id)
+            assert stored is not None
+            stored.answered_at = now
+            name = session.get(OrderName, stored.order_name_id) if stored.order_name_id else None
+            if name is not None:
+                name.last_result = f"{detail}; the upstream CA is validating"
+    _committed("answered", facts.upstream_order_id)
+    return "answered"
+
+
+def _clean_txt(ctx: OrdersContext, fqdns: Iterable[str | None]) -> None:
+    """Remove the values at a delegation name once no answered authz there is pending. While
+    one still is, the set stays as published: a publish replaces the set non-atomically, and
+    a value the CA no longer needs is harmless until the last one is done."""
+    publisher = ctx.dns_publisher
+    for fqdn in dict.fromkeys(f for f in fqdns if f):
+        if publisher is None or _in_flight(ctx, fqdn, answered_only=True):
+            continue
+        try:
+            asyncio.run(publisher.remove_txt(fqdn))
+        except PublishError as exc:
+            log.warning("dns-01 values not removed", fqdn=fqdn, error=str(exc))
+
+
 def _store_authz(
-    ctx: OrdersContext, authz_id: int, upstream: AuthzSnapshot, now: datetime, *, verified: bool
+    ctx: OrdersContext,
+    authz_id: int,
+    upstream: AuthzSnapshot,
+    now: datetime,
+    *,
+    verified: bool,
+    how: str = VERIFIED_HOW,
 ) -> None:
     with ctx.db.transaction() as session:
         row = session.get(UpstreamAuthz, authz_id)
@@ -414,7 +639,7 @@ def _store_authz(
         name = session.get(OrderName, row.order_name_id) if row.order_name_id else None
         if verified and name is not None and name.verified_at is None:
             name.verified_at = now
-            name.verified_how = VERIFIED_HOW
+            name.verified_how = how
             name.last_result = "validated by the upstream CA"
             name.next_check_at = None
 
@@ -459,9 +684,11 @@ def _advance(ctx: OrdersContext, facts: _Facts, owner: str, snapshot: OrderSnaps
         row = _leased(session, facts.upstream_order_id, owner)
         if row is None:
             return "not ours"
-        for authz in session.scalars(
-            select(UpstreamAuthz).where(UpstreamAuthz.upstream_order_id == row.id)
-        ):
+        authzs = list(
+            session.scalars(select(UpstreamAuthz).where(UpstreamAuthz.upstream_order_id == row.id))
+        )
+        fqdns = [a.txt_fqdn for a in authzs]
+        for authz in authzs:
             name = session.get(OrderName, authz.order_name_id) if authz.order_name_id else None
             if authz.prechecked_at is None:
                 # Not proven by this order's publication (the tenant gate): never finalize.
@@ -471,11 +698,12 @@ def _advance(ctx: OrdersContext, facts: _Facts, owner: str, snapshot: OrderSnaps
             authz.status = "valid"
             if name is not None and name.verified_at is None:
                 name.verified_at = now
-                name.verified_how = VERIFIED_HOW
+                name.verified_how = _how(authz)
                 name.last_result = "validated by the upstream CA"
         row.status = snapshot.status
         row.certificate_url = snapshot.certificate
         _release(row, now, now)
+    _clean_txt(ctx, fqdns)
     _committed(snapshot.status, facts.upstream_order_id)
     return snapshot.status
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certbroker.catalog.catalog import Product
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.csr_policy import OrderKey
 from certbroker.orders.errors import ApiError
+from certbroker.orders.params import DomainRequest
 from certbroker.pki.keys import PublicKey
 
 
@@ -52,3 +55,24 @@ def check_upstream_order(
             f"product {product.code} (ACME) needs a CSR whose subjectAltName lists exactly "
             f"domainInfo ({detail})",
         )
+
+
+DNS01_METHOD = "CNAME_CSR_HASH"  # dns-01 (RFC 8555 8.4) through the persistent CNAME delegation
+
+
+def check_upstream_dcv(
+    ctx: OrdersContext, product: Product, domains: Sequence[DomainRequest]
+) -> None:
+    """CNAME_CSR_HASH of an ACME product needs the delegation zone (`[dcv_delegation] zone`):
+    without it no TXT value can be published, so the method is refused, naming what works."""
+    if not product.issuer.is_acme or ctx.dcv_zone:
+        return
+    for position, domain in enumerate(domains):
+        if domain.dcv_method == DNS01_METHOD:
+            others = [m for m in product.dcv_methods if m != DNS01_METHOD]
+            raise ApiError.invalid(
+                f"domainInfo.{position}.dcvMethod",
+                f"dcvMethod {DNS01_METHOD} is not available for product {product.code} (ACME): "
+                "this service has no DNS delegation zone; use "
+                f"{', '.join(others) if others else 'another product'}",
+            )

@@ -12,11 +12,14 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session, joinedload
 
+from certbroker.dns_delegation.labels import base_domain, target_name
 from certbroker.orders.accounts import AccountRef
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.dcv import DcvBlock, dcv_block, file_url
 from certbroker.orders.errors import ApiError, Code
 from certbroker.orders.states import Status
+from certbroker.orders.upstream_rules import DNS01_METHOD
+from certbroker.store import dns_delegation as delegation_store
 from certbroker.store.models import (
     Certificate,
     Order,
@@ -41,6 +44,9 @@ class NameView:
     # None until the worker has placed the upstream order.
     acme_token: str | None = None
     acme_key_authorization: str | None = None
+    # dns-01 through the delegation (RFC 8555 8.4): the CNAME target `<label>.<zone>.` the
+    # customer points `_acme-challenge.<base>` to, known from place on.
+    acme_dns_target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,7 @@ class OrderFacts:
     written by place, or taken from an ORM `Order` for reissue... (one builder for all)."""
 
     id: int
+    account_id: int
     cert_id: str
     order_num: str
     ref_id: str | None
@@ -281,6 +288,21 @@ def _acme_challenges(connection: Connection, order_id: int) -> dict[str, tuple[s
     }
 
 
+def _acme_dns_targets(
+    ctx: OrdersContext, connection: Connection, account_id: int, names: Sequence[NameFacts]
+) -> dict[str, str]:
+    """The delegation target of each CNAME_CSR_HASH name (its stored label; place made it)."""
+    if not ctx.dcv_zone:
+        return {}
+    found: dict[str, str] = {}
+    for n in names:
+        if n.dcv_method == DNS01_METHOD:
+            label = delegation_store.label_of(connection, account_id, base_domain(n.name))
+            if label is not None:
+                found[n.name] = target_name(label, ctx.dcv_zone)
+    return found
+
+
 def view_order(ctx: OrdersContext, session: Session, order: Order) -> OrderView:
     """The view of an ORM order (with its names) inside the caller's transaction."""
     facts = OrderFacts(**{f: getattr(order, f) for f in _ORDER_FIELDS})
@@ -301,6 +323,7 @@ def view_of(
     product = ctx.catalog.get(order.product_code)
     upstream = product is not None and product.issuer.is_acme and order.id is not None
     acme = _acme_challenges(connection, order.id) if upstream else {}
+    dns_targets = _acme_dns_targets(ctx, connection, order.account_id, names) if upstream else {}
     return OrderView(
         cert_id=order.cert_id,
         order_num=order.order_num,
@@ -326,6 +349,7 @@ def view_of(
                 file_url=file_url(n.name, block.file_name, n.dcv_method, ctx.policy),
                 acme_token=acme[n.name][0] if n.name in acme else None,
                 acme_key_authorization=acme[n.name][1] if n.name in acme else None,
+                acme_dns_target=dns_targets.get(n.name),
             )
             for n in names
         ),

@@ -39,6 +39,16 @@ def delegation(session: Session | Connection, account_id: int, base: str) -> Dns
     return None if row is None else row[0]
 
 
+def label_of(session: Session | Connection, account_id: int, base: str) -> str | None:
+    """The stored label of the account's delegation for `base` (Core or ORM callers)."""
+    label = session.execute(
+        select(DnsDelegation.label).where(
+            DnsDelegation.account_id == account_id, DnsDelegation.base_domain == base
+        )
+    ).scalar()
+    return None if label is None else str(label)
+
+
 def ensure_delegation(
     session: Session, account_id: int, base: str, label: str, *, now: datetime
 ) -> DnsDelegation:

@@ -436,7 +436,8 @@ class UpstreamOrder(Base):
 
 
 class UpstreamAuthz(Base):
-    """One authorization of an upstream order (RFC 8555 7.1.4) and its http-01 challenge."""
+    """One authorization of an upstream order (RFC 8555 7.1.4) and its http-01 or dns-01
+    challenge."""
 
     __tablename__ = "upstream_authzs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -452,6 +453,9 @@ class UpstreamAuthz(Base):
     token: Mapped[str | None] = mapped_column(String(255))
     # The value shown to the customer (http-01: the key authorization, RFC 8555 8.1).
     key_authorization: Mapped[str | None] = mapped_column(String(512))
+    # dns-01 through the delegation: the TXT owner `<label>.<zone>` (lower case, no final dot)
+    # where this authz's value is published (RFC 8555 8.4); None for http-01.
+    txt_fqdn: Mapped[str | None] = mapped_column(String(253), index=True)
     prechecked_at: Mapped[datetime | None]
     answered_at: Mapped[datetime | None]
     last_problem: Mapped[str | None] = mapped_column(Text)

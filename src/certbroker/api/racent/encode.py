@@ -8,6 +8,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from certbroker.dns_delegation.labels import CHALLENGE_LABEL
 from certbroker.orders.dcv import DcvBlock
 from certbroker.orders.issuing import CAA_PREFIX
 from certbroker.orders.reuse import REUSE_PREFIX
@@ -36,7 +37,18 @@ def dcv_fields(block: DcvBlock, file_path: str) -> dict[str, str]:
 def acme_fields(name: NameView) -> dict[str, str]:
     """An upstream ACME product's file fields (RFC 8555 8.3): the token, the http-01 URL
     (always port 80; the CA follows redirects to https) and the key authorization; empty
-    until the worker has placed the upstream order."""
+    until the worker has placed the upstream order. A dns-01 name (RFC 8555 8.4) shows the
+    persistent CNAME instead, known from place on: `_acme-challenge` (relative to the name
+    without `*.`) to `<label>.<zone>.`, one record for a wildcard and its base domain."""
+    if name.acme_dns_target is not None:
+        return {
+            "DCVfileName": "",
+            "DCVfileContent": "",
+            "DCVfilePath": "",
+            "DCVdnsHost": CHALLENGE_LABEL,
+            "DCVdnsValue": name.acme_dns_target,
+            "DCVdnsType": "CNAME",
+        }
     token = name.acme_token or ""
     host = name.name[2:] if name.name.startswith("*.") else name.name
     return {
