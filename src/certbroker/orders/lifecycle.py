@@ -36,11 +36,17 @@ from certbroker.orders.params import (
 )
 from certbroker.orders.reuse import apply_reuse
 from certbroker.orders.states import Operation, Status, require_allowed
+from certbroker.orders.upstream_orders import (
+    INSERT_UPSTREAM_ORDER,
+    ensure_delegations,
+    new_upstream_order,
+)
 from certbroker.orders.upstream_revocation import (
     require_revoked_upstream,
     revoke_upstream,
     upstream_certificates,
 )
+from certbroker.orders.upstream_rules import check_upstream_dcv, check_upstream_order
 from certbroker.orders.views import load_order
 from certbroker.pki.csr import CsrError, parse_csr
 from certbroker.pki.keys import private_key_to_pem
@@ -136,6 +142,13 @@ def _create_successor(
     )
     session.add(order)
     session.flush()
+    # An upstream ACME product's successor is a new upstream order (orders/upstream_orders.py):
+    # the upstream validates again (http-01: a new token to publish; dns-01: the persistent
+    # CNAME covers it, nothing for the customer to do); our own validations never count there.
+    product = ctx.catalog.get(old.product_code)
+    upstream = product.issuer.upstream if product and product.issuer.is_acme else None
+    if old.sandbox:
+        upstream = None
     if change.key.private_key is not None:
         order.key_encrypted = ctx.box.encrypt(
             private_key_to_pem(change.key.private_key).encode("ascii"),
@@ -157,10 +170,16 @@ def _create_successor(
         )
         if old.sandbox:
             row.verified_at, row.verified_how, row.next_check_at = now, "sandbox", None
+        elif upstream is not None:
+            # Checked by the upstream steps, not by the DCV checker.
+            row.next_check_at, row.last_result = None, "waiting for the upstream order"
         else:
             apply_reuse(session, old.account_id, row, now)
         session.add(row)
         order.names.append(row)
+    if upstream is not None:
+        session.execute(INSERT_UPSTREAM_ORDER, new_upstream_order(order.id, upstream, now))
+        ensure_delegations(ctx, session, old.account_id, change.domains, now)
     old.status = Status.REISSUED
     old.renew_due_at = None
     old.updated_at = now
@@ -218,6 +237,7 @@ def reissue(
         require_allowed(Operation.REISSUE, old.status)
         names = [n.name for n in old.names]
         old_csr, old_key_spec, old_holds_key = old.csr_pem, old.key_spec, bool(old.key_encrypted)
+        product_code = old.product_code
     if isinstance(csr, str) and csr.strip():
         params = OrderParams(
             csr=csr,
@@ -233,6 +253,9 @@ def reissue(
             key_spec=None,
         )
         key = check_customer_csr(ctx, params, names)
+        product = ctx.catalog.get(product_code)
+        if product is not None:
+            check_upstream_order(ctx, product, key, names)  # RFC 8555 7.4: SANs = names
     elif old_holds_key:
         # The platform held the key: a reissue is the moment to replace it.
         key = generate_order_key(
@@ -299,6 +322,8 @@ def replace(
                 "extra names separately",
             )
         key = check_customer_csr(ctx, params, names, session)
+        check_upstream_order(ctx, product, key, names)
+        check_upstream_dcv(ctx, product, params.domains)
         apply_params = params.to_apply_params()
         for kept in ("server", "organizationInfo", "Administrator", "tech", "finance"):
             if not apply_params.get(kept) and old_params.get(kept):
