@@ -28,9 +28,15 @@ from certbroker.api.racent.routes import configure_limits
 from certbroker.app import create_app
 from certbroker.catalog.catalog import Catalog
 from certbroker.clock import ManualClock
+from certbroker.dns_delegation.confirmation import ask_txt, txt_strings
 from certbroker.issuance.acme_upstream import AcmeUpstream
 from certbroker.orders import accounts, upstream_accounts, upstream_orders
-from certbroker.settings import Settings, UpstreamSettings
+from certbroker.settings import (
+    DcvDelegationSettings,
+    Settings,
+    UpstreamCapabilities,
+    UpstreamSettings,
+)
 from certbroker.store.models import (
     Certificate,
     LedgerEntry,
@@ -45,6 +51,8 @@ from tests.helpers.dcv_http_server import DcvHttpServer, Route
 from tests.helpers.pebble import EAB_KID, Pebble
 
 PRODUCT = "acme-dv"
+WILD_PRODUCT = "acme-dv-wild"  # wildcards and CNAME_CSR_HASH (dns-01 through the delegation)
+ZONE = "dcv.test"
 NAME = "shop.example.com"
 PARAMS = {"server": "nginx", "domainInfo": [{"domainName": NAME, "dcvMethod": "HTTP_CSR_HASH"}]}
 
@@ -61,8 +69,18 @@ def _catalog_file(tmp_path: Path) -> Path:
         dcvMethods=["HTTP_CSR_HASH", "HTTPS_CSR_HASH"],
         issuer={"type": "acme", "upstream": "pebble"},
     )
+    wild = copy.deepcopy(
+        next(p for p in raw["products"] if p["code"] == "comodo-positive-multi-domain-wildcard")
+    )
+    wild.update(
+        code=WILD_PRODUCT,
+        productName="Pebble DV wildcard",
+        maxDomain=100,
+        dcvMethods=["HTTP_CSR_HASH", "HTTPS_CSR_HASH", "CNAME_CSR_HASH"],
+        issuer={"type": "acme", "upstream": "pebble"},
+    )
     path = tmp_path / "catalog.json"
-    path.write_text(json.dumps({"currency": "USD", "products": [product]}))
+    path.write_text(json.dumps({"currency": "USD", "products": [product, wild]}))
     return path
 
 
@@ -79,6 +97,7 @@ def _service(
     site: DcvHttpServer,
     *,
     hmac_key: str,
+    delegation: bool = False,
 ) -> Iterator[Service]:
     upstream = UpstreamSettings(
         directory=pebble.directory,
@@ -86,6 +105,19 @@ def _service(
         eab_hmac_key=hmac_key,  # type: ignore[arg-type]  # pydantic makes it a SecretStr
         ca_bundle=str(pebble.ca_bundle),
         caa_identities=["pebble.letsencrypt.org"],
+        capabilities=UpstreamCapabilities(wildcard="dns-01"),
+    )
+    # challtestsrv is Pebble's DNS and, here, certbroker's publisher of the delegation zone.
+    zone = (
+        DcvDelegationSettings(
+            zone=ZONE,
+            publisher="challtestsrv",
+            challtestsrv_url=f"http://127.0.0.1:{dns_server.management_port}",
+            confirm_server=dns_server.resolver,
+            confirm_timeout_seconds=10,
+        )
+        if delegation
+        else DcvDelegationSettings()
     )
     settings = Settings(
         data_dir=tmp_path / "data",
@@ -96,6 +128,7 @@ def _service(
         key_pool_size=0,
         upstreams={"pebble": upstream},
         catalog=_catalog_file(tmp_path),
+        dcv_delegation=zone,
     )
     clock = ManualClock(START)
     ctx = bootstrap.build_context(settings, clock)
@@ -383,3 +416,178 @@ def test_cancel_of_an_issued_upstream_certificate_revokes_it_there(
     status = pebble.cert_status(serial)
     assert status["Status"] == "Revoked" and status["Reason"] == 5  # cessationOfOperation
     assert service.call("collect", certId=cert_id)["status"] == "CANCELLED"
+
+
+# --- dns-01 through the persistent CNAME delegation ----------------------------------------
+
+
+@pytest.fixture
+def dns_service(
+    tmp_path: Path, pebble: Pebble, dns_server: ChallTestSrv, site: DcvHttpServer
+) -> Iterator[Service]:
+    yield from _service(
+        tmp_path, pebble, dns_server, site, hmac_key=pebble.eab_hmac_key, delegation=True
+    )
+
+
+def _place_dns(service: Service, *names: str) -> dict[str, Any]:
+    assert [r.ok for r in upstream_accounts.check_all(service.ctx)] == [True]
+    service.topup(500)
+    params = {
+        "server": "nginx",
+        "domainInfo": [{"domainName": n, "dcvMethod": "CNAME_CSR_HASH"} for n in names],
+    }
+    placed = service.call("place", productCode=WILD_PRODUCT, years="1", params=params)
+    assert placed["code"] == 1, placed
+    data: dict[str, Any] = placed["data"]
+    return data
+
+
+def _sans(data: dict[str, Any]) -> set[str]:
+    leaf = x509.load_pem_x509_certificate(data["certificate"].encode())
+    return set(
+        leaf.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value.get_values_for_type(x509.DNSName)
+    )
+
+
+def _txt_at(service: Service, fqdn: str) -> set[str]:
+    response = asyncio.run(ask_txt(service.dns_server.resolver, fqdn, timeout=2))
+    return txt_strings(response, fqdn)
+
+
+def _answered(service: Service) -> list[object]:
+    with service.ctx.db.read() as session:
+        return list(session.scalars(select(UpstreamAuthz.answered_at)))
+
+
+def test_dns01_wildcard_and_apex_through_one_cname_then_a_reissue_needs_nothing(
+    dns_service: Service, pebble: Pebble, tmp_path: Path
+) -> None:
+    service = dns_service
+    base = "wild-a.example.com"
+    data = _place_dns(service, f"*.{base}", base)
+    cert_id = data["certId"]
+    # The CNAME is known at place, before any upstream order; one record covers both names.
+    wild, apex = data["dcvInfo"][f"*.{base}"], data["dcvInfo"][base]
+    assert wild == apex
+    assert apex["DCVdnsHost"] == "_acme-challenge" and apex["DCVdnsType"] == "CNAME"
+    target = apex["DCVdnsValue"]
+    label = target.removesuffix(f".{ZONE}.")
+    assert len(label) == 26 and label.isalnum() and label == label.lower()
+    assert data["DCVdnsValue"] == target and data["DCVfileName"] == ""
+
+    service.dns_server.set_cname(f"_acme-challenge.{base}", target)
+    try:
+        done = _work_until(service, cert_id, "COMPLETE")["data"]
+        assert _sans(done) == {f"*.{base}", base}
+        assert [r["verifiedBy"] for r in done["dcvList"]] == ["upstream dns-01"] * 2
+        _verify_chain(tmp_path, pebble, done)
+        # The values published at the one delegation name were removed once done.
+        assert _txt_at(service, target) == set()
+
+        # A reissue is a new upstream order that completes through the same CNAME: the test
+        # sets nothing and publishes nothing.
+        answer = service.call("reissue", certId=cert_id, reason="new key")
+        assert answer["code"] == 1, answer
+        again = answer["data"]["certId"]
+        shown = service.call("collect", certId=again)["data"]
+        assert shown["dcvInfo"][base]["DCVdnsValue"] == target
+        renewed = _work_until(service, again, "COMPLETE")["data"]
+        assert _sans(renewed) == {f"*.{base}", base}
+        assert renewed["certificate"] != done["certificate"]
+        _verify_chain(tmp_path, pebble, renewed)
+        assert service.call("collect", certId=cert_id)["status"] == "REISSUED"
+        assert _certificates(service) == 2
+        assert len(_charges(service)) == 1  # the reissue is free
+        with service.ctx.db.read() as session:
+            rows = session.scalars(select(UpstreamOrder.status)).all()
+        assert rows == ["downloaded", "downloaded"]
+    finally:
+        service.dns_server.clear_cname(f"_acme-challenge.{base}")
+
+
+def test_dns01_missing_or_wrong_cname_answers_nothing_until_fixed(
+    dns_service: Service, pebble: Pebble, tmp_path: Path
+) -> None:
+    service = dns_service
+    base = "wrong-c.example.com"
+    record = f"_acme-challenge.{base}"
+    data = _place_dns(service, base)
+    cert_id = data["certId"]
+    target = data["DCVdnsValue"]
+
+    for _ in range(2):
+        service.advance(upstream_orders.POLL_DELAY)
+        service.work()
+    row = service.call("collect", certId=cert_id)["data"]["dcvList"][0]
+    assert row["is_verify"] == ""
+    assert f"create a CNAME record {record} pointing to {target}" in row["lastError"]
+    assert _answered(service) == [None]
+
+    service.dns_server.set_cname(record, f"someone-else.{ZONE}.")
+    try:
+        service.advance(upstream_orders.BACKOFF_MAX)
+        service.work()
+        row = service.call("collect", certId=cert_id)["data"]["dcvList"][0]
+        assert f"it must point directly to {target}" in row["lastError"]
+        assert _answered(service) == [None]
+        assert _txt_at(service, target) == set()  # nothing published either
+        # Nothing was answered upstream: the authz is still pending there.
+        with service.ctx.db.read() as session:
+            authz = session.scalars(select(UpstreamAuthz)).one()
+            key = upstream_accounts.account_key(service.ctx, session, "pebble")
+        assert key is not None and key.account_url is not None
+        client = AcmeUpstream(service.ctx.upstreams["pebble"], key.key_pem, key.account_url)
+        assert client.authorization(authz.url).status == "pending"
+
+        service.dns_server.set_cname(record, target)
+        service.advance(upstream_orders.BACKOFF_MAX)
+        done = _work_until(service, cert_id, "COMPLETE")["data"]
+        assert _sans(done) == {base}
+        _verify_chain(tmp_path, pebble, done)
+    finally:
+        service.dns_server.clear_cname(record)
+
+
+def test_cname_method_without_a_delegation_zone_answers_minus_1(acme_service: Service) -> None:
+    service = acme_service
+    upstream_accounts.check_all(service.ctx)
+    service.topup(100)
+    params = {
+        "server": "nginx",
+        "domainInfo": [{"domainName": "nozone.example.com", "dcvMethod": "CNAME_CSR_HASH"}],
+    }
+    answer = service.call("place", productCode=WILD_PRODUCT, years="1", params=params)
+    assert answer["code"] == -1
+    [message] = answer["errors"]["domainInfo.0.dcvMethod"]
+    assert "no DNS delegation zone" in message
+    assert message.endswith("use HTTP_CSR_HASH, HTTPS_CSR_HASH")
+    assert service.balance() == 100_00
+
+
+def test_acme_wildcard_gets_no_implied_base_domain(dns_service: Service) -> None:
+    service = dns_service
+    data = _place_dns(service, "*.only-wild.example.com")
+    assert list(data["dcvInfo"]) == ["*.only-wild.example.com"]
+
+
+def test_http01_reissue_shows_a_new_token_and_completes_after_publication(
+    acme_service: Service, pebble: Pebble, tmp_path: Path
+) -> None:
+    service = acme_service
+    cert_id, _serial = _issued(service)
+    old_token = service.call("collect", certId=cert_id)["data"]["DCVfileName"]
+    answer = service.call("reissue", certId=cert_id, reason="server moved")
+    assert answer["code"] == 1, answer
+    again = answer["data"]["certId"]
+    service.work()
+    shown = service.call("collect", certId=again)["data"]
+    assert shown["DCVfileName"] and shown["DCVfileName"] != old_token
+    assert shown["dcvList"][0]["is_verify"] == ""
+    _publish(service, shown)
+    done = _work_until(service, again, "COMPLETE")["data"]
+    assert done["dcvList"][0]["verifiedBy"] == "upstream http-01"
+    _verify_chain(tmp_path, pebble, done)
+    assert _certificates(service) == 2
