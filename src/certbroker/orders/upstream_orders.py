@@ -321,7 +321,9 @@ def _new_order(
                     url=authz.url,
                     identifier=authz.identifier,
                     wildcard=authz.wildcard,
-                    status=authz.status,
+                    # An authz the upstream reused (already valid) counts only after this
+                    # order's pre-check: kept pending here until then (the tenant gate).
+                    status="pending" if authz.status == "valid" else authz.status,
                     expires_at=authz.expires,
                     challenge_type=challenge.type if challenge else None,
                     challenge_url=challenge.url if challenge else None,
@@ -374,7 +376,17 @@ def _pending(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: str
     assert facts.order_url is not None
     snapshot = client.order(facts.order_url)
     if snapshot.status in ("ready", "processing", "valid"):
-        return _advance(ctx, facts, owner, snapshot)
+        with ctx.db.read() as session:
+            unchecked = session.scalar(
+                select(UpstreamAuthz.id).where(
+                    UpstreamAuthz.upstream_order_id == facts.upstream_order_id,
+                    UpstreamAuthz.prechecked_at.is_(None),
+                )
+            )
+        if unchecked is None:
+            return _advance(ctx, facts, owner, snapshot)
+        # Ready on authzs the upstream reused: each still needs this order's pre-check (the
+        # tenant gate) before anything is finalized; the authz steps below run it.
     with ctx.db.read() as session:
         authz_ids = list(
             session.scalars(
@@ -383,11 +395,16 @@ def _pending(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: str
                 .order_by(UpstreamAuthz.id)
             )
         )
-    done = "waiting"
+    results = []
     for authz_id in authz_ids:
-        done = _authz_step(ctx, client, facts, owner, authz_id)
-        if done in ("not ours", "invalid"):
-            return done
+        result = _authz_step(ctx, client, facts, owner, authz_id)
+        if result in ("not ours", "invalid"):
+            return result
+        results.append(result)
+    # The order is as far as its least advanced authz.
+    done = next(
+        (r for r in ("precheck failed", "answered", "waiting") if r in results), "all valid"
+    )
     now = ctx.clock.now()
     with ctx.db.transaction() as session:
         row = _leased(session, facts.upstream_order_id, owner)
@@ -557,10 +574,11 @@ def _dns_step(
                 )
             )
             if authz.txt_fqdn is not None
-            else [authz]
+            else []
         )
         for row in group:
             session.expunge(row)
+    group = group or [authz]
     ids = [row.id for row in group]
     ok, detail = _precheck_cname(ctx, authz)
     _note_names(ctx, ids, detail, now, ok=ok)
