@@ -94,7 +94,9 @@ def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
 class Pebble:
     """`pebble` with EAB required; `directory`, `ca_bundle`, `eab_hmac_key`, `roots()`."""
 
-    def __init__(self, work_dir: Path, *, http_port: int, dns_server: str) -> None:
+    def __init__(
+        self, work_dir: Path, *, http_port: int, dns_server: str, authz_reuse: int = 0
+    ) -> None:
         binary = shutil.which("pebble")
         if binary is None:
             raise RuntimeError("pebble is missing: run scripts/setup test")
@@ -124,7 +126,7 @@ class Pebble:
             os.environ,
             PEBBLE_VA_NOSLEEP="1",
             PEBBLE_WFE_NONCEREJECT="0",
-            PEBBLE_AUTHZREUSE="0",
+            PEBBLE_AUTHZREUSE=str(authz_reuse),  # percent of valid authzs reused
         )
         self._log = self.log_path.open("wb")
         self._process = subprocess.Popen(

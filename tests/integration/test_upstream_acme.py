@@ -591,3 +591,50 @@ def test_http01_reissue_shows_a_new_token_and_completes_after_publication(
     assert done["dcvList"][0]["verifiedBy"] == "upstream http-01"
     _verify_chain(tmp_path, pebble, done)
     assert _certificates(service) == 2
+
+
+@pytest.fixture
+def reusing_dns_service(
+    tmp_path: Path, dns_server: ChallTestSrv, site: DcvHttpServer
+) -> Iterator[Service]:
+    """Pebble reusing every valid authorization (RFC 8555 7.4 lets a CA do so)."""
+    with Pebble(
+        tmp_path / "pebble", http_port=site.port, dns_server=dns_server.resolver, authz_reuse=100
+    ) as pebble:
+        yield from _service(
+            tmp_path, pebble, dns_server, site, hmac_key=pebble.eab_hmac_key, delegation=True
+        )
+
+
+def test_reused_upstream_authz_counts_only_after_this_orders_cname_check(
+    reusing_dns_service: Service,
+) -> None:
+    service = reusing_dns_service
+    base = "reuse-e.example.com"
+    record = f"_acme-challenge.{base}"
+    first = _place_dns(service, base)
+    service.dns_server.set_cname(record, first["DCVdnsValue"])
+    try:
+        _work_until(service, first["certId"], "COMPLETE")
+        # The upstream now holds a valid authz for the name. With the CNAME gone, a new order
+        # gets it back already valid, but it is never finalized: the gate wants the CNAME.
+        service.dns_server.clear_cname(record)
+        second = _place_dns(service, base)
+        for _ in range(3):
+            service.advance(upstream_orders.POLL_DELAY)
+            service.work()
+        shown = service.call("collect", certId=second["certId"])
+        row = shown["data"]["dcvList"][0]
+        assert shown["status"] == "PENDING" and row["is_verify"] == ""
+        assert f"create a CNAME record {record} pointing to" in row["lastError"]
+        with service.ctx.db.read() as session:
+            finalized = session.scalars(select(UpstreamOrder.finalize_sent_at)).all()
+        assert finalized[1] is None
+
+        service.dns_server.set_cname(record, first["DCVdnsValue"])
+        service.advance(upstream_orders.BACKOFF_MAX)
+        done = _work_until(service, second["certId"], "COMPLETE")["data"]
+        assert done["dcvList"][0]["verifiedBy"] == "upstream-reuse"
+        assert _answered(service)[-1] is None  # reused: nothing answered for the second order
+    finally:
+        service.dns_server.clear_cname(record)
