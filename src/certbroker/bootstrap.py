@@ -137,6 +137,9 @@ def upstream_configs(settings: Settings) -> dict[str, UpstreamConfig]:
             account_key=up.account_key,
             caa_identities=tuple(up.caa_identities),
             timeout_seconds=up.timeout_seconds,
+            max_concurrent_steps=up.max_concurrent_steps,
+            circuit_failures=up.circuit_failures,
+            circuit_cooldown_seconds=up.circuit_cooldown_seconds,
             key_types=tuple(sorted(limits[name].key_types)),
         )
         for name, up in settings.upstreams.items()

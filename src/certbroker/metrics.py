@@ -22,6 +22,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     start_http_server,
@@ -75,6 +76,33 @@ LEASE_TAKEOVERS = Counter(
     "Work items claimed after another worker's lease ran out (it crashed or stalled)",
     ["kind"],
 )
+
+UPSTREAM_STEPS = Counter(
+    "certbroker_upstream_steps",
+    "Steps of upstream ACME orders, by upstream and outcome (ok, retry, rate_limited, failed)",
+    ["upstream", "outcome"],
+)
+UPSTREAM_PROBLEMS = Counter(
+    "certbroker_upstream_problems",
+    "Problems answered by upstream ACME CAs (RFC 8555 6.7 type, or timeout/connection)",
+    ["upstream", "problem"],
+)
+UPSTREAM_CIRCUIT = Gauge(
+    "certbroker_upstream_circuit_open",
+    "1 while this worker pauses an upstream's steps after 5xx answers or time-outs in a row",
+    ["upstream"],
+    multiprocess_mode="max",
+)
+
+
+def observe_upstream_step(upstream: str, outcome: str, problem: str | None = None) -> None:
+    UPSTREAM_STEPS.labels(upstream=upstream, outcome=outcome).inc()
+    if problem is not None:
+        UPSTREAM_PROBLEMS.labels(upstream=upstream, problem=problem).inc()
+
+
+def upstream_circuit(upstream: str, *, opened: bool) -> None:
+    UPSTREAM_CIRCUIT.labels(upstream=upstream).set(1 if opened else 0)
 
 
 def observe_request(endpoint: str, status_code: int) -> None:

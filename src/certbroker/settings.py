@@ -67,6 +67,12 @@ class UpstreamSettings(BaseModel):
     capabilities: UpstreamCapabilities = Field(default_factory=UpstreamCapabilities)
     # Deadline of every request to the upstream, in seconds.
     timeout_seconds: float = Field(default=30.0, gt=0)
+    # Steps of this upstream's orders one worker runs at once.
+    max_concurrent_steps: int = Field(default=4, ge=1)
+    # Circuit breaker: after `circuit_failures` 5xx answers or time-outs in a row, a worker
+    # takes no step of this upstream for `circuit_cooldown_seconds`.
+    circuit_failures: int = Field(default=5, ge=1)
+    circuit_cooldown_seconds: float = Field(default=300.0, gt=0)
 
     def hmac_key(self) -> str | None:
         """The EAB HMAC key (base64url, RFC 8555 7.3.4), or None when none is configured."""

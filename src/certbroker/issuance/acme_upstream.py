@@ -57,6 +57,11 @@ class UpstreamConfig:
     account_key: Literal["ec256", "rsa2048"] = "ec256"
     caa_identities: tuple[str, ...] = ()
     timeout_seconds: float = 30.0
+    # Steps of this upstream's orders run at once by one worker.
+    max_concurrent_steps: int = 4
+    # Circuit breaker: after this many 5xx/time-outs in a row, no step for `circuit_cooldown`.
+    circuit_failures: int = 5
+    circuit_cooldown_seconds: float = 300.0
     # Key types the upstream certifies (pki/keys.KEY_SPECS spelling).
     key_types: tuple[str, ...] = ("rsa2048", "rsa3072", "rsa4096", "ec256", "ec384")
 
@@ -76,6 +81,7 @@ class UpstreamError(Exception):
         *,
         status: int | None = None,
         retry_after: datetime | None = None,
+        retry_after_header: str | None = None,
         subproblems: tuple[str, ...] = (),
     ) -> None:
         super().__init__(f"{problem}: {detail}")
@@ -83,7 +89,16 @@ class UpstreamError(Exception):
         self.detail = detail
         self.status = status
         self.retry_after = retry_after
+        # The raw header, so the worker can read a delay in seconds by its own clock.
+        self.retry_after_header = retry_after_header
         self.subproblems = subproblems
+
+    @property
+    def transient(self) -> bool:
+        """A 5xx or no answer at all: the upstream is unwell, not refusing us."""
+        return self.problem in ("timeout", "connection", "serverInternal") or (
+            self.status is not None and self.status >= 500
+        )
 
     def as_json(self) -> dict[str, Any]:
         """The problem as stored in a row's `last_problem` (RFC 7807 shape)."""
@@ -175,7 +190,8 @@ def _problem_text(error: messages.Error | None) -> str | None:
     return f"{kind}: {error.detail}" if error.detail else kind
 
 
-def _retry_after(value: str | None, now: datetime) -> datetime | None:
+def retry_after_time(value: str | None, now: datetime) -> datetime | None:
+    """When a `Retry-After` header (RFC 9110 10.2.3; RFC 8555 6.6) asks us to come back."""
     if not value:
         return None
     if value.strip().isdigit():
@@ -204,6 +220,7 @@ class AcmeUpstream:
             # requests takes a CA bundle path where acme expects a bool.
             self._net.verify_ssl = config.ca_bundle  # type: ignore[assignment]
         self._retry_after_header: str | None = None
+        self._last_status: int | None = None
         self._net.session.hooks["response"].append(self._remember_retry_after)
         if account_url:
             self._use_account(account_url)
@@ -211,6 +228,7 @@ class AcmeUpstream:
 
     def _remember_retry_after(self, response: requests.Response, *_a: Any, **_k: Any) -> None:
         self._retry_after_header = response.headers.get("Retry-After")
+        self._last_status = response.status_code
 
     def _use_account(self, url: str) -> None:
         self._net.account = messages.RegistrationResource(body=messages.Registration(), uri=url)
@@ -227,13 +245,16 @@ class AcmeUpstream:
     def _call(self, what: str, action: Any) -> Any:
         """Run one upstream call, turning every failure into UpstreamError."""
         self._retry_after_header = None
+        self._last_status = None
         try:
             return action()
         except messages.Error as exc:
             raise UpstreamError(
                 (exc.typ or "about:blank").removeprefix(ACME_ERROR),
                 exc.detail or exc.description or what,
-                retry_after=_retry_after(self._retry_after_header, datetime.now(UTC)),
+                status=self._last_status,
+                retry_after=retry_after_time(self._retry_after_header, datetime.now(UTC)),
+                retry_after_header=self._retry_after_header,
                 subproblems=tuple(_problem_text(s) or "" for s in exc.subproblems or ()),
             ) from None
         except requests.Timeout as exc:
@@ -241,7 +262,16 @@ class AcmeUpstream:
         except requests.RequestException as exc:
             raise UpstreamError("connection", f"{what}: {exc}") from None
         except (errors.Error, DeserializationError, ValueError, KeyError) as exc:
-            raise UpstreamError("malformedResponse", f"{what}: {exc}") from None
+            # A 5xx without a problem document (a proxy's error page) lands here too.
+            status = self._last_status
+            kind = "serverInternal" if status is not None and status >= 500 else "malformedResponse"
+            raise UpstreamError(
+                kind,
+                f"{what}: HTTP {status}" if kind == "serverInternal" else f"{what}: {exc}",
+                status=status,
+                retry_after=retry_after_time(self._retry_after_header, datetime.now(UTC)),
+                retry_after_header=self._retry_after_header,
+            ) from None
 
     @property
     def client(self) -> ClientV2:

@@ -11,6 +11,7 @@ from certbroker.clock import Clock
 from certbroker.dns_delegation.publisher import DnsPublisher
 from certbroker.issuance.acme_upstream import UpstreamClients, UpstreamConfig
 from certbroker.issuance.builtin import BuiltinCa
+from certbroker.orders.upstream_health import UpstreamHealth
 from certbroker.pki.key_pool import KeyPool
 from certbroker.pki.secretbox import SecretBox
 from certbroker.policy.keys import WeakKeyList
@@ -83,6 +84,8 @@ class OrdersContext:
     # Upstream ACME CAs by name (docs/UPSTREAMS.md), and their clients (one per thread).
     upstreams: dict[str, UpstreamConfig] = field(default_factory=dict)
     upstream_clients: UpstreamClients = field(default_factory=UpstreamClients)
+    # Back-off state and circuit breakers of the upstreams, in this process.
+    upstream_health: UpstreamHealth = field(default_factory=UpstreamHealth)
     # dns-01 through the persistent CNAME delegation (docs/DNS-DELEGATION.md): the zone
     # ("" = not offered) and the publisher that puts TXT values into it.
     dcv_zone: str = ""

@@ -31,6 +31,16 @@ same pre-check passes for this order; until then the name waits with the pre-che
 window ends first the order fails and is refunded as any order whose names were not validated.
 The reused authz is not deactivated.
 
+When the upstream fails (docs/UPSTREAMS.md, "When the upstream fails"): a 5xx or time-out
+backs the order off (30 s doubling to 1 h, with jitter) and counts toward the upstream's
+circuit breaker (orders/upstream_health.py); `rateLimited` waits for its Retry-After (RFC 8555
+6.6); `badNonce` is retried by the next pass (acme already retried once, 6.5). Each shows the
+order's `lastError` in words a customer can act on, cleared by the next step that succeeds.
+`accountDoesNotExist` (7.3) or a 404 on the order means the upstream lost our state (a
+restarted CA): the account is looked up or registered again and a new attempt starts, with
+nothing charged again; dns-01 through the CNAME completes without the customer, http-01 shows
+the new token (`dcv.updated`).
+
 An invalid authz puts the upstream's problem in the name's `lastError` and starts a new
 attempt (a new upstream order, hence a new token). rejectedIdentifier, badCSR, badPublicKey,
 unsupportedIdentifier and invalidProfile cannot be cured by retrying: the order FAILS and is
@@ -54,6 +64,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from certbroker import metrics
 from certbroker.dns_delegation.instructions import delegation_for
 from certbroker.dns_delegation.labels import challenge_name
 from certbroker.dns_delegation.publisher import DnsPublisher, PublishError
@@ -64,7 +75,9 @@ from certbroker.issuance.acme_upstream import (
     UpstreamError,
     dns01_txt_value,
     key_authorization,
+    retry_after_time,
 )
+from certbroker.orders import upstream_accounts
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.dcv import next_delay
 from certbroker.orders.events import record_event
@@ -73,6 +86,8 @@ from certbroker.orders.refunds import settle_failure
 from certbroker.orders.states import Status
 from certbroker.orders.terms import subscription_end
 from certbroker.orders.upstream_accounts import account_key
+from certbroker.orders.upstream_health import BACKOFF_MAX as BACKOFF_MAX
+from certbroker.orders.upstream_health import backoff
 from certbroker.orders.upstream_rules import DNS01_METHOD
 from certbroker.pki.bundles import make_jks, make_pkcs12, random_password
 from certbroker.pki.keys import load_private_key_pem
@@ -97,9 +112,7 @@ FATAL_PROBLEMS = frozenset(
 )
 # How soon an answered authz or a processing order is read again (absent a Retry-After).
 POLL_DELAY = timedelta(seconds=2)
-# Back-off after a failed upstream call: 30 s doubling to 1 h.
-BACKOFF_START = timedelta(seconds=30)
-BACKOFF_MAX = timedelta(hours=1)
+# Back-off after a failed upstream call: 30 s doubling to 1 h (orders/upstream_health.py).
 VERIFIED_HOW = "upstream http-01"
 VERIFIED_HOW_DNS = "upstream dns-01"
 # An authz the upstream returned already valid, accepted after this order's own pre-check.
@@ -148,30 +161,34 @@ def _committed(step: str, upstream_order_id: int) -> None:
 # --- claiming -------------------------------------------------------------------------------
 
 
-def claim_steps(ctx: OrdersContext, owner: str, limit: int = 10) -> list[int]:
-    """Lease due upstream orders (PostgreSQL: SKIP LOCKED lets workers share)."""
+def claim_steps(ctx: OrdersContext, owner: str, limit: int = 10) -> list[tuple[int, str]]:
+    """Lease due upstream orders, as (id, upstream); none of an upstream whose circuit is open
+    (PostgreSQL: SKIP LOCKED lets workers share)."""
     now = ctx.clock.now()
+    paused = ctx.upstream_health.paused(now)
     with ctx.db.transaction() as session:
-        ids = list(
-            session.scalars(
-                select(UpstreamOrder.id)
-                .where(
-                    UpstreamOrder.next_attempt_at.is_not(None),
-                    UpstreamOrder.next_attempt_at <= now,
-                    UpstreamOrder.lease_until.is_(None) | (UpstreamOrder.lease_until < now),
-                )
-                .order_by(UpstreamOrder.next_attempt_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
+        query = (
+            select(UpstreamOrder.id, UpstreamOrder.upstream)
+            .where(
+                UpstreamOrder.next_attempt_at.is_not(None),
+                UpstreamOrder.next_attempt_at <= now,
+                UpstreamOrder.lease_until.is_(None) | (UpstreamOrder.lease_until < now),
             )
+            .order_by(UpstreamOrder.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
         )
+        if paused:
+            query = query.where(UpstreamOrder.upstream.not_in(sorted(paused)))
+        claimed = [(int(i), str(u)) for i, u in session.execute(query)]
+        ids = [i for i, _u in claimed]
         if ids:
             session.execute(
                 update(UpstreamOrder)
                 .where(UpstreamOrder.id.in_(ids))
                 .values(lease_owner=owner, lease_until=now + ctx.policy.lease)
             )
-    return ids
+    return claimed
 
 
 def _leased(session: Session, upstream_order_id: int, owner: str) -> UpstreamOrder | None:
@@ -204,6 +221,8 @@ class _Facts:
     csr_pem: str
     order_status: str
     certificate_url: str | None
+    # A failure is on show (order lastError) or counted: the next success clears it.
+    failing: bool = False
 
 
 def run_step(ctx: OrdersContext, upstream_order_id: int, owner: str) -> str:
@@ -230,6 +249,7 @@ def run_step(ctx: OrdersContext, upstream_order_id: int, owner: str) -> str:
             order.csr_pem,
             order.status,
             row.certificate_url,
+            failing=bool(row.failures or order.last_error),
         )
         key = account_key(ctx, session, row.upstream)
         config = ctx.upstreams.get(row.upstream)
@@ -239,38 +259,164 @@ def run_step(ctx: OrdersContext, upstream_order_id: int, owner: str) -> str:
             return "no account"
     client = ctx.upstream_clients.get(config, key.key_pem, key.account_url)
     try:
-        if facts.status == "new":
-            return _new_order(ctx, client, facts, key.thumbprint, owner)
-        if facts.status == "pending":
-            return _pending(ctx, client, facts, owner)
-        if facts.status in ("ready", "processing"):
-            return _finalize_or_wait(ctx, client, facts, owner)
-        if facts.status == "valid":
-            return _download(ctx, client, facts, owner)
-        return "nothing to do"
+        done = _one_step(ctx, client, facts, key.thumbprint, owner)
     except UpstreamError as exc:
+        if _lost_state(exc):
+            return _start_over(ctx, facts, owner, exc)
         return _record_problem(ctx, facts, owner, exc)
+    ctx.upstream_health.succeeded(facts.upstream)
+    metrics.observe_upstream_step(facts.upstream, "ok")
+    if facts.failing and done != "not ours":
+        _recovered(ctx, facts)
+    return done
+
+
+def _one_step(
+    ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, thumbprint: str, owner: str
+) -> str:
+    if facts.status == "new":
+        return _new_order(ctx, client, facts, thumbprint, owner)
+    if facts.status == "pending":
+        return _pending(ctx, client, facts, owner)
+    if facts.status in ("ready", "processing"):
+        return _finalize_or_wait(ctx, client, facts, owner)
+    if facts.status == "valid":
+        return _download(ctx, client, facts, owner)
+    return "nothing to do"
+
+
+def _recovered(ctx: OrdersContext, facts: _Facts) -> None:
+    """The upstream answered again: reset the back-off and take the failure off the order."""
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        row = lock_row(session, UpstreamOrder, facts.upstream_order_id)
+        if row is not None:
+            row.failures = 0
+        order = lock_row(session, Order, facts.order_id)
+        if order is not None and order.status == Status.PENDING and order.last_error:
+            order.last_error = None
+            order.updated_at = now
+
+
+def _lost_state(exc: UpstreamError) -> bool:
+    """The upstream forgot our account (RFC 8555 7.3) or the order (a 404 on its URL)."""
+    return exc.problem == "accountDoesNotExist" or exc.status == 404
+
+
+def _start_over(ctx: OrdersContext, facts: _Facts, owner: str, exc: UpstreamError) -> str:
+    """Look the account up again, else register it (onlyReturnExisting, then EAB: 7.3.1,
+    7.3.4), and start a new attempt of the upstream order. The customer's charge stays the
+    one of `place`; the order's validation window is unchanged (the expiry scan still ends
+    it). A new upstream order brings new tokens: dns-01 through the CNAME needs nothing from
+    the customer, http-01 shows the new file (`dcv.updated`, written by the new order step)."""
+    text = f"{exc.problem}: {exc.detail}"
+    log.warning(
+        "the upstream lost its state: registering again and starting a new attempt",
+        upstream=facts.upstream,
+        upstream_order_id=facts.upstream_order_id,
+        problem=text,
+    )
+    metrics.observe_upstream_step(facts.upstream, "restarted", exc.problem)
+    ctx.upstream_health.succeeded(facts.upstream)  # it answered: not a circuit failure
+    checked = upstream_accounts.check(ctx, facts.upstream)
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        row = _leased(session, facts.upstream_order_id, owner)
+        if row is None:
+            return "not ours"
+        if not checked.ok:
+            # Registration failed too (the upstream is still unwell): back off and retry.
+            row.failures += 1
+            row.last_problem = json.dumps(exc.as_json())
+            _release(row, now, now + backoff(row.failures))
+            return "retry later"
+        row.status = "lost"
+        row.last_problem = json.dumps(exc.as_json())
+        _release(row, now, None)
+        session.execute(
+            INSERT_UPSTREAM_ORDER,
+            dict(new_upstream_order(facts.order_id, facts.upstream, now), attempt=row.attempt + 1),
+        )
+        order = lock_row(session, Order, facts.order_id)
+        if order is not None and order.status == Status.PENDING:
+            order.last_error = None
+            order.updated_at = now
+    _committed("start_over", facts.upstream_order_id)
+    return "new attempt"
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _record_problem(ctx: OrdersContext, facts: _Facts, owner: str, exc: UpstreamError) -> str:
     now = ctx.clock.now()
     text = f"{exc.problem}: {exc.detail}"
-    log.warning("upstream step failed", upstream_order_id=facts.upstream_order_id, problem=text)
+    log.warning(
+        "upstream step failed",
+        upstream=facts.upstream,
+        upstream_order_id=facts.upstream_order_id,
+        problem=text,
+        status=exc.status,
+    )
+    config = ctx.upstreams.get(facts.upstream)
+    if exc.transient and config is not None:
+        ctx.upstream_health.failed(
+            facts.upstream,
+            now,
+            threshold=config.circuit_failures,
+            cooldown=timedelta(seconds=config.circuit_cooldown_seconds),
+        )
+    elif not exc.transient:
+        ctx.upstream_health.succeeded(facts.upstream)  # it answered
+    # Retry-After read by the injected clock (a delay in seconds, or a date: RFC 9110 10.2.3).
+    asked = retry_after_time(exc.retry_after_header, now) or exc.retry_after
     with ctx.db.transaction() as session:
         row = _leased(session, facts.upstream_order_id, owner)
         if row is None:
             return "not ours"
         row.last_problem = json.dumps(exc.as_json())
+        order = lock_row(session, Order, facts.order_id)
         if exc.problem in FATAL_PROBLEMS:
             row.status = "failed"
             _release(row, now, None)
-            order = lock_row(session, Order, facts.order_id)
             if order is not None and order.status == Status.PENDING:
                 _fail(ctx, session, order, f"the upstream CA refused the order: {text}", now)
+            metrics.observe_upstream_step(facts.upstream, "failed", exc.problem)
             return "failed"
-        backoff = min(BACKOFF_MAX, BACKOFF_START * 2 ** min(row.attempt, 7))
-        due = exc.retry_after if exc.retry_after and exc.retry_after > now else now + backoff
+        if exc.problem == "badNonce":
+            # RFC 8555 6.5: acme retried once with a fresh nonce; the next pass tries again.
+            _release(row, now, now + POLL_DELAY)
+            metrics.observe_upstream_step(facts.upstream, "retry", exc.problem)
+            return "retry later"
+        row.failures += 1
+        due = now + backoff(row.failures)
+        if asked is not None and asked > now:
+            due = asked if exc.problem == "rateLimited" else max(due, asked)
+        if exc.problem == "rateLimited":
+            # RFC 8555 6.6: wait for Retry-After (the back-off when there is none).
+            shown = (
+                f"the upstream CA {facts.upstream!r} limits how fast certbroker may order "
+                f"({exc.detail}); certbroker retries at {_when(due)}; nothing to do on your side"
+            )
+            outcome = "rate_limited"
+        elif exc.transient:
+            shown = (
+                f"the upstream CA {facts.upstream!r} is not answering properly "
+                f"({text}); certbroker retries at {_when(due)}; nothing to do on your side"
+            )
+            outcome = "retry"
+        else:
+            shown = (
+                f"the upstream CA {facts.upstream!r} answered {text}; certbroker retries at "
+                f"{_when(due)}; if this persists, contact support with this message"
+            )
+            outcome = "retry"
         _release(row, now, due)
+        if order is not None and order.status == Status.PENDING:
+            order.last_error = shown
+            order.updated_at = now
+    metrics.observe_upstream_step(facts.upstream, outcome, exc.problem)
     return "retry later"
 
 

@@ -427,6 +427,8 @@ class UpstreamOrder(Base):
     finalize_sent_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
     last_problem: Mapped[str | None] = mapped_column(Text)
+    # 5xx answers and time-outs in a row (the back-off's exponent; 0 after any success).
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     # Due time of the next step; None once downloaded or failed.

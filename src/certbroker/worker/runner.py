@@ -60,8 +60,6 @@ EXPIRY_INTERVAL = timedelta(seconds=30)
 #   demand when it has expired; this only keeps the 7-day schedule (rebuilt at half-life)
 #   and repairs a refresh lost to a crash.
 CRL_INTERVAL = timedelta(seconds=60)
-# Upstream ACME steps run in threads at once (RFC 8555 calls are blocking I/O).
-UPSTREAM_STEPS_AT_ONCE = 4
 
 
 @dataclass
@@ -100,6 +98,8 @@ class Worker:
         self.expiry = Timer(EXPIRY_INTERVAL)
         self.crls = Timer(CRL_INTERVAL)
         self.checks = DcvChecks(ctx, self.owner, self._checks_recorded)
+        # One semaphore per upstream (created on first use, inside the running loop).
+        self._upstream_gates: dict[str, asyncio.Semaphore] = {}
 
     def wake(self) -> None:
         """Ask for a pass now (after place) instead of at the next poll."""
@@ -147,15 +147,20 @@ class Worker:
         return len(ready)
 
     async def _upstream_steps(self) -> int:
-        """One step of each due upstream ACME order, a few at a time (each step is blocking
-        network I/O with its own deadlines, run in a thread)."""
+        """One step of each due upstream ACME order, a few at a time per upstream (its
+        `max_concurrent_steps`; each step is blocking network I/O with its own deadlines, run
+        in a thread). An upstream whose circuit is open has no step claimed."""
         due = await asyncio.to_thread(upstream_orders.claim_steps, self.ctx, self.owner)
         if not due:
             return 0
-        gate = asyncio.Semaphore(UPSTREAM_STEPS_AT_ONCE)
+        for _id, name in due:
+            if name not in self._upstream_gates:
+                config = self.ctx.upstreams.get(name)
+                limit = config.max_concurrent_steps if config is not None else 1
+                self._upstream_gates[name] = asyncio.Semaphore(limit)
 
-        async def step(upstream_order_id: int) -> None:
-            async with gate:
+        async def step(upstream_order_id: int, upstream: str) -> None:
+            async with self._upstream_gates[upstream]:
                 try:
                     done = await asyncio.to_thread(
                         upstream_orders.run_step, self.ctx, upstream_order_id, self.owner
@@ -164,7 +169,7 @@ class Worker:
                 except Exception:  # the lease runs out and the step is taken again
                     log.exception("upstream step failed", upstream_order_id=upstream_order_id)
 
-        await asyncio.gather(*(step(i) for i in due))
+        await asyncio.gather(*(step(i, name) for i, name in due))
         return len(due)
 
     async def run_once(self) -> int:
