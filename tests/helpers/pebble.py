@@ -101,7 +101,8 @@ class Pebble:
         if binary is None:
             raise RuntimeError("pebble is missing: run scripts/setup test")
         work_dir.mkdir(parents=True, exist_ok=True)
-        self.ca_bundle, cert, key = _tls_files(work_dir)
+        self.ca_bundle, self.tls_cert, self.tls_key = _tls_files(work_dir)
+        cert, key = self.tls_cert, self.tls_key
         self.port, self.management_port = free_port(), free_port()
         # RFC 8555 7.3.4: the MAC key is base64url; Pebble wants it without padding.
         raw = secrets.token_bytes(32)
@@ -129,13 +130,22 @@ class Pebble:
             PEBBLE_AUTHZREUSE=str(authz_reuse),  # percent of valid authzs reused
         )
         self._log = self.log_path.open("wb")
+        self._command = [binary, "-config", str(config_path), "-dnsserver", dns_server]
+        self._env = env
+        self._start()
+
+    def _start(self) -> None:
         self._process = subprocess.Popen(
-            [binary, "-config", str(config_path), "-dnsserver", dns_server],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
+            self._command, stdout=self._log, stderr=subprocess.STDOUT, env=self._env
         )
         self._wait_ready()
+
+    def restart(self) -> None:
+        """Stop Pebble and start a new one on the same ports: its accounts, orders and
+        authorizations are gone (it keeps them in memory)."""
+        self._process.terminate()
+        self._process.wait(timeout=10)
+        self._start()
 
     @property
     def directory(self) -> str:

@@ -98,9 +98,12 @@ def _service(
     *,
     hmac_key: str,
     delegation: bool = False,
+    directory: str | None = None,
+    circuit_failures: int = 5,
 ) -> Iterator[Service]:
     upstream = UpstreamSettings(
-        directory=pebble.directory,
+        directory=directory or pebble.directory,
+        circuit_failures=circuit_failures,
         eab_kid=EAB_KID,
         eab_hmac_key=hmac_key,  # type: ignore[arg-type]  # pydantic makes it a SecretStr
         ca_bundle=str(pebble.ca_bundle),

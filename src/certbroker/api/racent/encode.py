@@ -134,7 +134,8 @@ def collect(view: OrderView, utc_offset_hours: int) -> dict[str, Any]:
         "applyParams": view.apply_params,
         "certPath": "",
         # certbroker extension: why the CA refused to sign (the order FAILED, or a subscription's
-        # automatic reissue was dropped); "" otherwise.
+        # automatic reissue was dropped), or why an upstream CA's order waits and when it is
+        # retried (docs/UPSTREAMS.md); "" otherwise.
         "lastError": view.last_error or "",
     }
     # The spelling of clients written against older answers of the live service.
