@@ -638,3 +638,70 @@ def test_reused_upstream_authz_counts_only_after_this_orders_cname_check(
         assert _answered(service)[-1] is None  # reused: nothing answered for the second order
     finally:
         service.dns_server.clear_cname(record)
+
+
+# --- cancel, cross-tenant reuse, CAA -----------------------------------------------------------
+
+
+def _client(service: Service) -> AcmeUpstream:
+    with service.ctx.db.read() as session:
+        key = upstream_accounts.account_key(service.ctx, session, "pebble")
+    assert key is not None and key.account_url is not None
+    return AcmeUpstream(service.ctx.upstreams["pebble"], key.key_pem, key.account_url)
+
+
+def test_cancel_of_a_pending_order_deactivates_its_upstream_authorizations(
+    acme_service: Service, pebble: Pebble
+) -> None:
+    service = acme_service
+    cert_id = _place(service)["certId"]
+    service.work()  # the upstream order exists: its authz is pending at Pebble
+    with service.ctx.db.read() as session:
+        order_url = session.scalars(select(UpstreamOrder.order_url)).one()
+    assert order_url is not None
+    client = _client(service)
+    [authz_url] = client.order(order_url).authorizations
+    assert client.authorization(authz_url).status == "pending"
+
+    answer = service.call("cancel", certId=cert_id, reason="not needed")
+    assert answer["code"] == 1, answer
+    assert service.call("collect", certId=cert_id)["status"] == "CANCELLED"
+    with service.ctx.db.read() as session:
+        row = session.scalars(select(UpstreamOrder)).one()
+        assert row.status == "deactivating" and row.next_attempt_at is not None
+    # Nothing upstream happened inside the cancel; the worker does it after the commit.
+    assert client.authorization(authz_url).status == "pending"
+
+    service.work()
+    assert client.authorization(authz_url).status == "deactivated"
+    assert client.order(order_url).status in ("deactivated", "invalid")
+    with service.ctx.db.read() as session:
+        row = session.scalars(select(UpstreamOrder)).one()
+        assert row.status == "deactivated" and row.next_attempt_at is None
+        assert session.scalars(select(UpstreamAuthz.status)).all() == ["deactivated"]
+
+
+def test_cancel_while_the_upstream_is_down_succeeds_and_the_worker_deactivates_later(
+    acme_service: Service, pebble: Pebble, tmp_path: Path
+) -> None:
+    service = acme_service
+    cert_id = _place(service)["certId"]
+    service.work()
+    # The upstream hangs up: the worker's step fails and backs off; the cancel still succeeds.
+    upstream = service.ctx.upstreams["pebble"]
+    service.ctx.upstreams["pebble"] = replace(upstream, directory="https://127.0.0.1:9/dir")
+    service.ctx.upstream_clients.forget("pebble")
+    answer = service.call("cancel", certId=cert_id, reason="not needed")
+    assert answer["code"] == 1, answer
+    assert service.balance() == 100_00  # refunded at once
+    service.work()
+    with service.ctx.db.read() as session:
+        row = session.scalars(select(UpstreamOrder)).one()
+        assert row.status == "deactivating" and row.last_problem
+        authz_url = session.scalars(select(UpstreamAuthz.url)).one()
+    # Back: the next due step finishes the deactivation.
+    service.ctx.upstreams["pebble"] = upstream
+    service.ctx.upstream_clients.forget("pebble")
+    service.advance(upstream_orders.BACKOFF_MAX)
+    service.work()
+    assert _client(service).authorization(authz_url).status == "deactivated"

@@ -106,6 +106,12 @@ VERIFIED_HOW_DNS = "upstream dns-01"
 VERIFIED_HOW_REUSE = "upstream-reuse"
 HTTP01, DNS01 = "http-01", "dns-01"
 
+# A cancelled PENDING order's upstream order: its authorizations are given up (RFC 8555
+# 7.5.2) by the worker after the cancel committed, so the cancel never waits on the upstream.
+DEACTIVATING = "deactivating"
+DEACTIVATE_FROM = frozenset({"pending", "ready", "processing", "valid", DEACTIVATING})
+LIVE_STATUSES = ("new", "pending", "ready", "processing", "valid")
+
 # Test hook: called after each committed step with (step, upstream order id). Tests raise in it
 # to kill a step at a precise point, as a crash would.
 after_commit: Callable[[str, int], None] | None = None
@@ -215,11 +221,18 @@ def run_step(ctx: OrdersContext, upstream_order_id: int, owner: str) -> str:
             return "not ours"
         order = session.get(Order, row.order_id)
         assert order is not None
-        if order.status != Status.PENDING:
-            # Cancelled or failed meanwhile: no further upstream action.
+        deactivate = (
+            order.status == Status.CANCELLED
+            and row.order_url is not None
+            and row.status in DEACTIVATE_FROM
+        )
+        if order.status != Status.PENDING and not deactivate:
+            # Failed meanwhile (or cancelled before any upstream order): no upstream action.
             row.status = "abandoned" if row.status not in ("downloaded", "failed") else row.status
             _release(row, now, None)
             return "abandoned"
+        if deactivate:
+            row.status = DEACTIVATING
         facts = _Facts(
             row.id,
             order.id,
@@ -239,6 +252,8 @@ def run_step(ctx: OrdersContext, upstream_order_id: int, owner: str) -> str:
             return "no account"
     client = ctx.upstream_clients.get(config, key.key_pem, key.account_url)
     try:
+        if facts.status == DEACTIVATING:
+            return _deactivate(ctx, client, facts, owner)
         if facts.status == "new":
             return _new_order(ctx, client, facts, key.thumbprint, owner)
         if facts.status == "pending":
@@ -281,6 +296,64 @@ def _fail(ctx: OrdersContext, session: Session, order: Order, reason: str, now: 
     order.updated_at = now
     settle_failure(ctx, session, order, now, "upstream CA refused")
     record_event(session, order, "order.failed", {"reason": reason}, now)
+
+
+def mark_for_deactivation(session: Session, order_id: int, now: datetime) -> int:
+    """Inside the cancel's transaction: every upstream order of `order_id` that exists upstream
+    is due now for `_deactivate` (a crash or an unreachable upstream leaves it due)."""
+    rows = session.scalars(
+        select(UpstreamOrder).where(
+            UpstreamOrder.order_id == order_id,
+            UpstreamOrder.order_url.is_not(None),
+            UpstreamOrder.status.in_(DEACTIVATE_FROM),
+        )
+    ).all()
+    for row in rows:
+        row.status = DEACTIVATING
+        row.next_attempt_at = now
+        row.updated_at = now
+    return len(rows)
+
+
+def _deactivate(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: str) -> str:
+    """Deactivate the authorizations of a cancelled order's upstream order (RFC 8555 7.5.2),
+    so the shared upstream account keeps no validation the customer gave up. An authorization
+    another live order also holds (upstream reuse) is left alone. A failure backs off through
+    `_record_problem`; the step runs again until every authorization is done."""
+    assert facts.order_url is not None
+    urls = client.order(facts.order_url).authorizations
+    with ctx.db.read() as session:
+        shared = set(
+            session.scalars(
+                select(UpstreamAuthz.url)
+                .join(UpstreamOrder, UpstreamOrder.id == UpstreamAuthz.upstream_order_id)
+                .join(Order, Order.id == UpstreamOrder.order_id)
+                .where(
+                    UpstreamAuthz.url.in_(urls),
+                    UpstreamOrder.id != facts.upstream_order_id,
+                    UpstreamOrder.status.in_(LIVE_STATUSES),
+                    Order.status == Status.PENDING,
+                )
+            )
+        )
+    states = {url: client.deactivate_authorization(url).status for url in urls if url not in shared}
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        row = _leased(session, facts.upstream_order_id, owner)
+        if row is None:
+            return "not ours"
+        authzs = list(
+            session.scalars(select(UpstreamAuthz).where(UpstreamAuthz.upstream_order_id == row.id))
+        )
+        for authz in authzs:
+            authz.status = states.get(authz.url, authz.status)
+        row.status = "deactivated"
+        row.last_problem = None
+        _release(row, now, None)
+    # No authz of this order is in flight any more: its dns-01 values may go.
+    _clean_txt(ctx, [a.txt_fqdn for a in authzs])
+    _committed("deactivated", facts.upstream_order_id)
+    return "deactivated"
 
 
 def _new_order(
