@@ -705,3 +705,80 @@ def test_cancel_while_the_upstream_is_down_succeeds_and_the_worker_deactivates_l
     service.advance(upstream_orders.BACKOFF_MAX)
     service.work()
     assert _client(service).authorization(authz_url).status == "deactivated"
+
+
+def _work_passes(service: Service, passes: int = 3) -> None:
+    for _ in range(passes):
+        service.advance(upstream_orders.POLL_DELAY)
+        service.work()
+        time.sleep(0.05)
+
+
+def test_an_authz_another_reseller_proved_is_not_accepted_until_this_one_proves_it(
+    reusing_dns_service: Service,
+) -> None:
+    """The upstream account is shared: Pebble hands account B the valid authzs account A's
+    customers proved. B's orders complete only after B's own file / B's own CNAME label."""
+    service = reusing_dns_service
+    b_id, b_token = service.new_account("reseller-b")
+    service.topup(500, account_id=b_id)
+
+    # http-01: A proves the name with its file, which stays published.
+    _cert_a, _serial = _issued(service)
+    a_token = service.call("collect", certId=_cert_a)["data"]["DCVfileName"]
+    placed = service.call("place", token=b_token, productCode=PRODUCT, years="1", params=PARAMS)
+    assert placed["code"] == 1, placed
+    cert_b = placed["data"]["certId"]
+    _work_passes(service)
+    shown = service.call("collect", token=b_token, certId=cert_b)
+    row = shown["data"]["dcvList"][0]
+    assert shown["status"] == "PENDING" and row["is_verify"] == ""
+    b_file = shown["data"]["DCVfileName"]
+    assert b_file and b_file != a_token  # B's own file, not the one A's customer published
+    assert f"acme-challenge/{b_file}" in row["lastError"]
+    with service.ctx.db.read() as session:
+        assert session.scalars(select(UpstreamOrder.finalize_sent_at)).all()[-1] is None
+    _publish(service, shown["data"])
+    service.advance(upstream_orders.BACKOFF_MAX)
+    for _ in range(20):
+        _work_passes(service, 1)
+        done = service.call("collect", token=b_token, certId=cert_b)
+        if done["status"] == "COMPLETE":
+            break
+    assert done["status"] == "COMPLETE", done
+    assert done["data"]["dcvList"][0]["verifiedBy"] == "upstream-reuse"
+
+    # dns-01: A's CNAME points to A's label; B's label differs and B waits for it.
+    base = "tenant-x.example.com"
+    record = f"_acme-challenge.{base}"
+    first = _place_dns(service, base)
+    service.dns_server.set_cname(record, first["DCVdnsValue"])
+    try:
+        _work_until(service, first["certId"], "COMPLETE")
+        params = {
+            "server": "nginx",
+            "domainInfo": [{"domainName": base, "dcvMethod": "CNAME_CSR_HASH"}],
+        }
+        placed = service.call(
+            "place", token=b_token, productCode=WILD_PRODUCT, years="1", params=params
+        )
+        assert placed["code"] == 1, placed
+        cert_b2, b_target = placed["data"]["certId"], placed["data"]["DCVdnsValue"]
+        assert b_target != first["DCVdnsValue"]
+        _work_passes(service)
+        shown = service.call("collect", token=b_token, certId=cert_b2)
+        row = shown["data"]["dcvList"][0]
+        assert shown["status"] == "PENDING" and row["is_verify"] == ""
+        assert f"it must point directly to {b_target}" in row["lastError"]
+
+        service.dns_server.set_cname(record, b_target)
+        service.advance(upstream_orders.BACKOFF_MAX)
+        for _ in range(20):
+            _work_passes(service, 1)
+            done = service.call("collect", token=b_token, certId=cert_b2)
+            if done["status"] == "COMPLETE":
+                break
+        assert done["status"] == "COMPLETE", done
+        assert done["data"]["dcvList"][0]["verifiedBy"] == "upstream-reuse"
+    finally:
+        service.dns_server.clear_cname(record)

@@ -29,7 +29,10 @@ validation. An authz the upstream returns already `valid` (authz reuse) counts o
 same pre-check passes for this order; until then the name waits with the pre-check's
 `lastError` (retried on the DCV back-off) and the order is never finalized; if the validation
 window ends first the order fails and is refunded as any order whose names were not validated.
-The reused authz is not deactivated.
+The reused authz is not deactivated. For http-01 the reused authz's token is another order's
+(perhaps another reseller's, whose file may still be served), so such a name gets a token of
+its own, made by certbroker, which only the pre-check reads; dns-01 needs no such token: the
+CNAME target is this account's label.
 
 An invalid authz puts the upstream's problem in the name's `lastError` and starts a new
 attempt (a new upstream order, hence a new token). rejectedIdentifier, badCSR, badPublicKey,
@@ -42,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -381,6 +385,12 @@ def _new_order(
             dns = name is not None and name.dcv_method == DNS01_METHOD
             challenge = authz.challenge(DNS01 if dns else HTTP01)
             token = challenge.token if challenge else None
+            if authz.status == "valid" and not dns:
+                # Reused (RFC 8555 7.4 lets a CA return a valid authz): its token is another
+                # order's, whose file (perhaps another reseller's) may still be there. This
+                # order's gate wants its own file: a token certbroker makes, never answered
+                # upstream (the authz is valid already).
+                token = secrets.token_urlsafe(32)
             txt_fqdn = None
             if dns and ctx.dcv_zone:
                 found = delegation_for(
