@@ -782,3 +782,54 @@ def test_an_authz_another_reseller_proved_is_not_accepted_until_this_one_proves_
         assert done["data"]["dcvList"][0]["verifiedBy"] == "upstream-reuse"
     finally:
         service.dns_server.clear_cname(record)
+
+
+def test_caa_refusing_the_upstream_answers_nothing_until_fixed(
+    acme_service: Service, pebble: Pebble, tmp_path: Path
+) -> None:
+    service = acme_service
+    # RFC 8659: only another CA may issue; the upstream's identity is pebble.letsencrypt.org.
+    service.dns_server.add_caa(NAME, ("issue", "other-ca.example"))
+    try:
+        cert_id = _place(service)["certId"]
+        service.work()
+        shown = service.call("collect", certId=cert_id)["data"]
+        _publish(service, shown)  # the file is right: only CAA stands in the way
+        _work_passes(service)
+        row = service.call("collect", certId=cert_id)["data"]["dcvList"][0]
+        assert row["is_verify"] == ""
+        assert row["lastError"].startswith("CAA: ")
+        assert "other-ca.example" in row["lastError"] or "not authorized" in row["lastError"]
+        assert _answered(service) == [None]
+        with service.ctx.db.read() as session:
+            authz_url = session.scalars(select(UpstreamAuthz.url)).one()
+        assert _client(service).authorization(authz_url).status == "pending"
+        assert "Pulled token" not in pebble.log()
+
+        service.dns_server.clear_caa(NAME)
+        service.dns_server.add_caa(NAME, ("issue", "pebble.letsencrypt.org"))
+        service.advance(upstream_orders.BACKOFF_MAX)
+        done = _work_until(service, cert_id, "COMPLETE")["data"]
+        _verify_chain(tmp_path, pebble, done)
+    finally:
+        service.dns_server.clear_caa(NAME)
+
+
+def test_caa_issuewild_refusal_stops_a_dns01_wildcard_before_publication(
+    dns_service: Service,
+) -> None:
+    service = dns_service
+    base = "caa-wild.example.com"
+    record = f"_acme-challenge.{base}"
+    service.dns_server.add_caa(base, ("issue", "pebble.letsencrypt.org"), ("issuewild", ";"))
+    data = _place_dns(service, f"*.{base}")
+    service.dns_server.set_cname(record, data["DCVdnsValue"])
+    try:
+        _work_passes(service)
+        row = service.call("collect", certId=data["certId"])["data"]["dcvList"][0]
+        assert row["is_verify"] == "" and row["lastError"].startswith("CAA: ")
+        assert _answered(service) == [None]
+        assert _txt_at(service, data["DCVdnsValue"]) == set()  # nothing published either
+    finally:
+        service.dns_server.clear_cname(record)
+        service.dns_server.clear_caa(base)

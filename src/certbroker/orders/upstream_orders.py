@@ -21,6 +21,10 @@ resumes at the last commit and nothing is issued or charged twice:
     valid       -- download the chain (7.4.2) --> downloaded: one transaction stores the
                    certificate, completes the order and writes its event
 
+Before a challenge is answered (or a reused authz accepted) the pre-check also asks CAA for
+the upstream's issuer domains; a refusal waits like a wrong publication, with its reason in the
+name's `lastError`.
+
 The pre-check is the tenant gate: an authz is only answered, and a name only counts as
 validated, once this order's publication was fetched by certbroker (dns-01: the CNAME to this
 account's label was seen), so customer mistakes burn no upstream failed-validation quota and
@@ -82,6 +86,7 @@ from certbroker.pki.bundles import make_jks, make_pkcs12, random_password
 from certbroker.pki.keys import load_private_key_pem
 from certbroker.store.db import lock_row
 from certbroker.store.models import Certificate, Order, OrderName, UpstreamAuthz, UpstreamOrder
+from certbroker.validation.caa import check_caa
 from certbroker.validation.delegation_cname import check_delegation_cname
 from certbroker.validation.http_file import (
     ACME_CHALLENGE_DIR,
@@ -536,6 +541,8 @@ def _authz_step(
     # The tenant gate: a `valid` authz the upstream reused from elsewhere counts only after
     # our own pre-check of this order's publication.
     ok, detail = _precheck(ctx, authz)
+    if ok:
+        ok, detail = _caa_precheck(ctx, client, authz, detail)
     with ctx.db.transaction() as session:
         row = session.get(UpstreamAuthz, authz_id)
         assert row is not None
@@ -560,6 +567,25 @@ def _authz_step(
             name.last_result = "published file found; the upstream CA is validating"
     _committed("answered", facts.upstream_order_id)
     return "answered"
+
+
+def _caa_precheck(
+    ctx: OrdersContext, client: AcmeUpstream, authz: UpstreamAuthz, detail: str
+) -> tuple[bool, str]:
+    """CAA (RFC 8659, BR 3.2.2.8) for the upstream's issuer domains (its directory's
+    `meta.caaIdentities`, RFC 8555 7.1.1, else the configured ones), asked as the upstream
+    will: a refusal is the customer's to fix and is found before anything is answered.
+    Returns `detail` (the publication's) when CAA allows issuance."""
+    name = "*." + authz.identifier if authz.wildcard else authz.identifier
+    result = asyncio.run(
+        check_caa(
+            name,
+            issuer_domains=client.caa_identities,
+            resolver_address=ctx.policy.dcv_resolver,
+            timeout=ctx.policy.dcv_timeout_seconds,
+        )
+    )
+    return (True, detail) if result.ok else (False, f"CAA: {result.detail}")
 
 
 def _how(authz: UpstreamAuthz) -> str:
@@ -664,6 +690,9 @@ def _dns_step(
     group = group or [authz]
     ids = [row.id for row in group]
     ok, detail = _precheck_cname(ctx, authz)
+    for row in group:
+        if ok:
+            ok, detail = _caa_precheck(ctx, client, row, detail)
     _note_names(ctx, ids, detail, now, ok=ok)
     if not ok:
         return "precheck failed"
