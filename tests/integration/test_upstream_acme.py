@@ -641,3 +641,198 @@ def test_reused_upstream_authz_counts_only_after_this_orders_cname_check(
         assert _answered(service)[-1] is None  # reused: nothing answered for the second order
     finally:
         service.dns_server.clear_cname(record)
+
+
+# --- cancel, cross-tenant reuse, CAA -----------------------------------------------------------
+
+
+def _client(service: Service) -> AcmeUpstream:
+    with service.ctx.db.read() as session:
+        key = upstream_accounts.account_key(service.ctx, session, "pebble")
+    assert key is not None and key.account_url is not None
+    return AcmeUpstream(service.ctx.upstreams["pebble"], key.key_pem, key.account_url)
+
+
+def test_cancel_of_a_pending_order_deactivates_its_upstream_authorizations(
+    acme_service: Service, pebble: Pebble
+) -> None:
+    service = acme_service
+    cert_id = _place(service)["certId"]
+    service.work()  # the upstream order exists: its authz is pending at Pebble
+    with service.ctx.db.read() as session:
+        order_url = session.scalars(select(UpstreamOrder.order_url)).one()
+    assert order_url is not None
+    client = _client(service)
+    [authz_url] = client.order(order_url).authorizations
+    assert client.authorization(authz_url).status == "pending"
+
+    answer = service.call("cancel", certId=cert_id, reason="not needed")
+    assert answer["code"] == 1, answer
+    assert service.call("collect", certId=cert_id)["status"] == "CANCELLED"
+    with service.ctx.db.read() as session:
+        row = session.scalars(select(UpstreamOrder)).one()
+        assert row.status == "deactivating" and row.next_attempt_at is not None
+    # Nothing upstream happened inside the cancel; the worker does it after the commit.
+    assert client.authorization(authz_url).status == "pending"
+
+    service.work()
+    assert client.authorization(authz_url).status == "deactivated"
+    assert client.order(order_url).status in ("deactivated", "invalid")
+    with service.ctx.db.read() as session:
+        row = session.scalars(select(UpstreamOrder)).one()
+        assert row.status == "deactivated" and row.next_attempt_at is None
+        assert session.scalars(select(UpstreamAuthz.status)).all() == ["deactivated"]
+
+
+def test_cancel_while_the_upstream_is_down_succeeds_and_the_worker_deactivates_later(
+    acme_service: Service, pebble: Pebble, tmp_path: Path
+) -> None:
+    service = acme_service
+    cert_id = _place(service)["certId"]
+    service.work()
+    # The upstream hangs up: the worker's step fails and backs off; the cancel still succeeds.
+    upstream = service.ctx.upstreams["pebble"]
+    service.ctx.upstreams["pebble"] = replace(upstream, directory="https://127.0.0.1:9/dir")
+    service.ctx.upstream_clients.forget("pebble")
+    answer = service.call("cancel", certId=cert_id, reason="not needed")
+    assert answer["code"] == 1, answer
+    assert service.balance() == 100_00  # refunded at once
+    service.work()
+    with service.ctx.db.read() as session:
+        row = session.scalars(select(UpstreamOrder)).one()
+        assert row.status == "deactivating" and row.last_problem
+        authz_url = session.scalars(select(UpstreamAuthz.url)).one()
+    # Back: the next due step finishes the deactivation.
+    service.ctx.upstreams["pebble"] = upstream
+    service.ctx.upstream_clients.forget("pebble")
+    service.advance(upstream_orders.BACKOFF_MAX)
+    service.work()
+    assert _client(service).authorization(authz_url).status == "deactivated"
+
+
+def _work_passes(service: Service, passes: int = 3) -> None:
+    for _ in range(passes):
+        service.advance(upstream_orders.POLL_DELAY)
+        service.work()
+        time.sleep(0.05)
+
+
+def test_an_authz_another_reseller_proved_is_not_accepted_until_this_one_proves_it(
+    reusing_dns_service: Service,
+) -> None:
+    """The upstream account is shared: Pebble hands account B the valid authzs account A's
+    customers proved. B's orders complete only after B's own file / B's own CNAME label."""
+    service = reusing_dns_service
+    b_id, b_token = service.new_account("reseller-b")
+    service.topup(500, account_id=b_id)
+
+    # http-01: A proves the name with its file, which stays published.
+    _cert_a, _serial = _issued(service)
+    a_token = service.call("collect", certId=_cert_a)["data"]["DCVfileName"]
+    placed = service.call("place", token=b_token, productCode=PRODUCT, years="1", params=PARAMS)
+    assert placed["code"] == 1, placed
+    cert_b = placed["data"]["certId"]
+    _work_passes(service)
+    shown = service.call("collect", token=b_token, certId=cert_b)
+    row = shown["data"]["dcvList"][0]
+    assert shown["status"] == "PENDING" and row["is_verify"] == ""
+    b_file = shown["data"]["DCVfileName"]
+    assert b_file and b_file != a_token  # B's own file, not the one A's customer published
+    assert f"acme-challenge/{b_file}" in row["lastError"]
+    with service.ctx.db.read() as session:
+        assert session.scalars(select(UpstreamOrder.finalize_sent_at)).all()[-1] is None
+    _publish(service, shown["data"])
+    service.advance(upstream_orders.BACKOFF_MAX)
+    for _ in range(20):
+        _work_passes(service, 1)
+        done = service.call("collect", token=b_token, certId=cert_b)
+        if done["status"] == "COMPLETE":
+            break
+    assert done["status"] == "COMPLETE", done
+    assert done["data"]["dcvList"][0]["verifiedBy"] == "upstream-reuse"
+
+    # dns-01: A's CNAME points to A's label; B's label differs and B waits for it.
+    base = "tenant-x.example.com"
+    record = f"_acme-challenge.{base}"
+    first = _place_dns(service, base)
+    service.dns_server.set_cname(record, first["DCVdnsValue"])
+    try:
+        _work_until(service, first["certId"], "COMPLETE")
+        params = {
+            "server": "nginx",
+            "domainInfo": [{"domainName": base, "dcvMethod": "CNAME_CSR_HASH"}],
+        }
+        placed = service.call(
+            "place", token=b_token, productCode=WILD_PRODUCT, years="1", params=params
+        )
+        assert placed["code"] == 1, placed
+        cert_b2, b_target = placed["data"]["certId"], placed["data"]["DCVdnsValue"]
+        assert b_target != first["DCVdnsValue"]
+        _work_passes(service)
+        shown = service.call("collect", token=b_token, certId=cert_b2)
+        row = shown["data"]["dcvList"][0]
+        assert shown["status"] == "PENDING" and row["is_verify"] == ""
+        assert f"it must point directly to {b_target}" in row["lastError"]
+
+        service.dns_server.set_cname(record, b_target)
+        service.advance(upstream_orders.BACKOFF_MAX)
+        for _ in range(20):
+            _work_passes(service, 1)
+            done = service.call("collect", token=b_token, certId=cert_b2)
+            if done["status"] == "COMPLETE":
+                break
+        assert done["status"] == "COMPLETE", done
+        assert done["data"]["dcvList"][0]["verifiedBy"] == "upstream-reuse"
+    finally:
+        service.dns_server.clear_cname(record)
+
+
+def test_caa_refusing_the_upstream_answers_nothing_until_fixed(
+    acme_service: Service, pebble: Pebble, tmp_path: Path
+) -> None:
+    service = acme_service
+    # RFC 8659: only another CA may issue; the upstream's identity is pebble.letsencrypt.org.
+    service.dns_server.add_caa(NAME, ("issue", "other-ca.example"))
+    try:
+        cert_id = _place(service)["certId"]
+        service.work()
+        shown = service.call("collect", certId=cert_id)["data"]
+        _publish(service, shown)  # the file is right: only CAA stands in the way
+        _work_passes(service)
+        row = service.call("collect", certId=cert_id)["data"]["dcvList"][0]
+        assert row["is_verify"] == ""
+        assert row["lastError"].startswith("CAA: ")
+        assert "other-ca.example" in row["lastError"] or "not authorized" in row["lastError"]
+        assert _answered(service) == [None]
+        with service.ctx.db.read() as session:
+            authz_url = session.scalars(select(UpstreamAuthz.url)).one()
+        assert _client(service).authorization(authz_url).status == "pending"
+        assert "Pulled token" not in pebble.log()
+
+        service.dns_server.clear_caa(NAME)
+        service.dns_server.add_caa(NAME, ("issue", "pebble.letsencrypt.org"))
+        service.advance(upstream_orders.BACKOFF_MAX)
+        done = _work_until(service, cert_id, "COMPLETE")["data"]
+        _verify_chain(tmp_path, pebble, done)
+    finally:
+        service.dns_server.clear_caa(NAME)
+
+
+def test_caa_issuewild_refusal_stops_a_dns01_wildcard_before_publication(
+    dns_service: Service,
+) -> None:
+    service = dns_service
+    base = "caa-wild.example.com"
+    record = f"_acme-challenge.{base}"
+    service.dns_server.add_caa(base, ("issue", "pebble.letsencrypt.org"), ("issuewild", ";"))
+    data = _place_dns(service, f"*.{base}")
+    service.dns_server.set_cname(record, data["DCVdnsValue"])
+    try:
+        _work_passes(service)
+        row = service.call("collect", certId=data["certId"])["data"]["dcvList"][0]
+        assert row["is_verify"] == "" and row["lastError"].startswith("CAA: ")
+        assert _answered(service) == [None]
+        assert _txt_at(service, data["DCVdnsValue"]) == set()  # nothing published either
+    finally:
+        service.dns_server.clear_cname(record)
+        service.dns_server.clear_caa(base)

@@ -381,6 +381,32 @@ class AcmeUpstream:
             lambda: client.answer_challenge(challb, challb.chall.response(self._jwk)),
         )
 
+    def deactivate_authorization(self, url: str) -> AuthzSnapshot:
+        """Give up an authorization (RFC 8555 7.5.2): status `deactivated`. One that is no
+        longer pending or valid is left as it is and returned as read."""
+        response = self._call("authorization", lambda: self._post_as_get(url))
+        body = self._call(
+            "authorization", lambda: messages.Authorization.from_json(response.json())
+        )
+        if body.status not in (messages.STATUS_PENDING, messages.STATUS_VALID):
+            return _authz(url, body)
+        client = self.client
+        done = self._call(
+            "deactivate authorization",
+            lambda: client.deactivate_authorization(
+                messages.AuthorizationResource(body=body, uri=url)
+            ),
+        )
+        return _authz(url, done.body)
+
+    @property
+    def caa_identities(self) -> tuple[str, ...]:
+        """The CAA issuer domains the CA recognises (RFC 8555 7.1.1 `meta.caaIdentities`),
+        else the configured ones (RFC 8659 4.2)."""
+        meta = self.client.directory.meta
+        found = tuple(meta.caa_identities or ()) if meta is not None else ()
+        return found or self.config.caa_identities
+
     def finalize(self, order_url: str, csr_pem: str) -> OrderSnapshot:
         """Send the CSR (RFC 8555 7.4); a repeat answers orderNotReady, so it is idempotent."""
         current = self.order(order_url)

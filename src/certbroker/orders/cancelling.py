@@ -15,6 +15,7 @@ from certbroker.orders.events import record_event
 from certbroker.orders.lifecycle import publish_revocations
 from certbroker.orders.refunds import refund_purchase, settle_failure
 from certbroker.orders.states import Operation, Status, require_allowed
+from certbroker.orders.upstream_orders import mark_for_deactivation
 from certbroker.orders.upstream_revocation import (
     require_revoked_upstream,
     revoke_upstream,
@@ -83,6 +84,10 @@ def cancel(ctx: OrdersContext, account: AccountRef, cert_id: object, reason: obj
             )
         ):
             cert.state = "abandoned"
+        if order.status == Status.PENDING:
+            # RFC 8555 7.5.2: the worker deactivates its upstream authorizations once this
+            # commits (outside any transaction; an unreachable upstream is retried there).
+            mark_for_deactivation(session, order.id, now)
         order.renew_due_at = None
         order.status = Status.CANCELLED
         order.cancelled_at = now

@@ -21,6 +21,10 @@ resumes at the last commit and nothing is issued or charged twice:
     valid       -- download the chain (7.4.2) --> downloaded: one transaction stores the
                    certificate, completes the order and writes its event
 
+Before a challenge is answered (or a reused authz accepted) the pre-check also asks CAA for
+the upstream's issuer domains; a refusal waits like a wrong publication, with its reason in the
+name's `lastError`.
+
 The pre-check is the tenant gate: an authz is only answered, and a name only counts as
 validated, once this order's publication was fetched by certbroker (dns-01: the CNAME to this
 account's label was seen), so customer mistakes burn no upstream failed-validation quota and
@@ -29,7 +33,10 @@ validation. An authz the upstream returns already `valid` (authz reuse) counts o
 same pre-check passes for this order; until then the name waits with the pre-check's
 `lastError` (retried on the DCV back-off) and the order is never finalized; if the validation
 window ends first the order fails and is refunded as any order whose names were not validated.
-The reused authz is not deactivated.
+The reused authz is not deactivated. For http-01 the reused authz's token is another order's
+(perhaps another reseller's, whose file may still be served), so such a name gets a token of
+its own, made by certbroker, which only the pre-check reads; dns-01 needs no such token: the
+CNAME target is this account's label.
 
 When the upstream fails (docs/UPSTREAMS.md, "When the upstream fails"): a 5xx or time-out
 backs the order off (30 s doubling to 1 h, with jitter) and counts toward the upstream's
@@ -52,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -93,6 +101,7 @@ from certbroker.pki.bundles import make_jks, make_pkcs12, random_password
 from certbroker.pki.keys import load_private_key_pem
 from certbroker.store.db import lock_row
 from certbroker.store.models import Certificate, Order, OrderName, UpstreamAuthz, UpstreamOrder
+from certbroker.validation.caa import check_caa
 from certbroker.validation.delegation_cname import check_delegation_cname
 from certbroker.validation.http_file import (
     ACME_CHALLENGE_DIR,
@@ -118,6 +127,12 @@ VERIFIED_HOW_DNS = "upstream dns-01"
 # An authz the upstream returned already valid, accepted after this order's own pre-check.
 VERIFIED_HOW_REUSE = "upstream-reuse"
 HTTP01, DNS01 = "http-01", "dns-01"
+
+# A cancelled PENDING order's upstream order: its authorizations are given up (RFC 8555
+# 7.5.2) by the worker after the cancel committed, so the cancel never waits on the upstream.
+DEACTIVATING = "deactivating"
+DEACTIVATE_FROM = frozenset({"pending", "ready", "processing", "valid", DEACTIVATING})
+LIVE_STATUSES = ("new", "pending", "ready", "processing", "valid")
 
 # Test hook: called after each committed step with (step, upstream order id). Tests raise in it
 # to kill a step at a precise point, as a crash would.
@@ -234,11 +249,18 @@ def run_step(ctx: OrdersContext, upstream_order_id: int, owner: str) -> str:
             return "not ours"
         order = session.get(Order, row.order_id)
         assert order is not None
-        if order.status != Status.PENDING:
-            # Cancelled or failed meanwhile: no further upstream action.
+        deactivate = (
+            order.status == Status.CANCELLED
+            and row.order_url is not None
+            and row.status in DEACTIVATE_FROM
+        )
+        if order.status != Status.PENDING and not deactivate:
+            # Failed meanwhile (or cancelled before any upstream order): no upstream action.
             row.status = "abandoned" if row.status not in ("downloaded", "failed") else row.status
             _release(row, now, None)
             return "abandoned"
+        if deactivate:
+            row.status = DEACTIVATING
         facts = _Facts(
             row.id,
             order.id,
@@ -274,6 +296,8 @@ def run_step(ctx: OrdersContext, upstream_order_id: int, owner: str) -> str:
 def _one_step(
     ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, thumbprint: str, owner: str
 ) -> str:
+    if facts.status == DEACTIVATING:
+        return _deactivate(ctx, client, facts, owner)
     if facts.status == "new":
         return _new_order(ctx, client, facts, thumbprint, owner)
     if facts.status == "pending":
@@ -429,6 +453,64 @@ def _fail(ctx: OrdersContext, session: Session, order: Order, reason: str, now: 
     record_event(session, order, "order.failed", {"reason": reason}, now)
 
 
+def mark_for_deactivation(session: Session, order_id: int, now: datetime) -> int:
+    """Inside the cancel's transaction: every upstream order of `order_id` that exists upstream
+    is due now for `_deactivate` (a crash or an unreachable upstream leaves it due)."""
+    rows = session.scalars(
+        select(UpstreamOrder).where(
+            UpstreamOrder.order_id == order_id,
+            UpstreamOrder.order_url.is_not(None),
+            UpstreamOrder.status.in_(DEACTIVATE_FROM),
+        )
+    ).all()
+    for row in rows:
+        row.status = DEACTIVATING
+        row.next_attempt_at = now
+        row.updated_at = now
+    return len(rows)
+
+
+def _deactivate(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: str) -> str:
+    """Deactivate the authorizations of a cancelled order's upstream order (RFC 8555 7.5.2),
+    so the shared upstream account keeps no validation the customer gave up. An authorization
+    another live order also holds (upstream reuse) is left alone. A failure backs off through
+    `_record_problem`; the step runs again until every authorization is done."""
+    assert facts.order_url is not None
+    urls = client.order(facts.order_url).authorizations
+    with ctx.db.read() as session:
+        shared = set(
+            session.scalars(
+                select(UpstreamAuthz.url)
+                .join(UpstreamOrder, UpstreamOrder.id == UpstreamAuthz.upstream_order_id)
+                .join(Order, Order.id == UpstreamOrder.order_id)
+                .where(
+                    UpstreamAuthz.url.in_(urls),
+                    UpstreamOrder.id != facts.upstream_order_id,
+                    UpstreamOrder.status.in_(LIVE_STATUSES),
+                    Order.status == Status.PENDING,
+                )
+            )
+        )
+    states = {url: client.deactivate_authorization(url).status for url in urls if url not in shared}
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        row = _leased(session, facts.upstream_order_id, owner)
+        if row is None:
+            return "not ours"
+        authzs = list(
+            session.scalars(select(UpstreamAuthz).where(UpstreamAuthz.upstream_order_id == row.id))
+        )
+        for authz in authzs:
+            authz.status = states.get(authz.url, authz.status)
+        row.status = "deactivated"
+        row.last_problem = None
+        _release(row, now, None)
+    # No authz of this order is in flight any more: its dns-01 values may go.
+    _clean_txt(ctx, [a.txt_fqdn for a in authzs])
+    _committed("deactivated", facts.upstream_order_id)
+    return "deactivated"
+
+
 def _new_order(
     ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, thumbprint: str, owner: str
 ) -> str:
@@ -454,6 +536,12 @@ def _new_order(
             dns = name is not None and name.dcv_method == DNS01_METHOD
             challenge = authz.challenge(DNS01 if dns else HTTP01)
             token = challenge.token if challenge else None
+            if authz.status == "valid" and not dns:
+                # Reused (RFC 8555 7.4 lets a CA return a valid authz): its token is another
+                # order's, whose file (perhaps another reseller's) may still be there. This
+                # order's gate wants its own file: a token certbroker makes, never answered
+                # upstream (the authz is valid already).
+                token = secrets.token_urlsafe(32)
             txt_fqdn = None
             if dns and ctx.dcv_zone:
                 found = delegation_for(
@@ -599,6 +687,8 @@ def _authz_step(
     # The tenant gate: a `valid` authz the upstream reused from elsewhere counts only after
     # our own pre-check of this order's publication.
     ok, detail = _precheck(ctx, authz)
+    if ok:
+        ok, detail = _caa_precheck(ctx, client, authz, detail)
     with ctx.db.transaction() as session:
         row = session.get(UpstreamAuthz, authz_id)
         assert row is not None
@@ -623,6 +713,25 @@ def _authz_step(
             name.last_result = "published file found; the upstream CA is validating"
     _committed("answered", facts.upstream_order_id)
     return "answered"
+
+
+def _caa_precheck(
+    ctx: OrdersContext, client: AcmeUpstream, authz: UpstreamAuthz, detail: str
+) -> tuple[bool, str]:
+    """CAA (RFC 8659, BR 3.2.2.8) for the upstream's issuer domains (its directory's
+    `meta.caaIdentities`, RFC 8555 7.1.1, else the configured ones), asked as the upstream
+    will: a refusal is the customer's to fix and is found before anything is answered.
+    Returns `detail` (the publication's) when CAA allows issuance."""
+    name = "*." + authz.identifier if authz.wildcard else authz.identifier
+    result = asyncio.run(
+        check_caa(
+            name,
+            issuer_domains=client.caa_identities,
+            resolver_address=ctx.policy.dcv_resolver,
+            timeout=ctx.policy.dcv_timeout_seconds,
+        )
+    )
+    return (True, detail) if result.ok else (False, f"CAA: {result.detail}")
 
 
 def _how(authz: UpstreamAuthz) -> str:
@@ -727,6 +836,9 @@ def _dns_step(
     group = group or [authz]
     ids = [row.id for row in group]
     ok, detail = _precheck_cname(ctx, authz)
+    for row in group:
+        if ok:
+            ok, detail = _caa_precheck(ctx, client, row, detail)
     _note_names(ctx, ids, detail, now, ok=ok)
     if not ok:
         return "precheck failed"
