@@ -207,6 +207,27 @@ def run_profile(
     }
 
 
+def run_upstream_profile(
+    args: argparse.Namespace, work: Path, chall: ChallTestSrv, site: DcvSite
+) -> dict[str, Any]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"profile-upstream-{datetime.datetime.now():%Y%m%d-%H%M%S}.txt"
+    row = upstream_e2e.run_certbroker(
+        work / "upstream-profiled",
+        chall=chall,
+        site=site,
+        items=upstream_e2e.items(args.upstream_n, args.key_types[0], "up-prof"),
+        concurrency=args.upstream_concurrency,
+        processes=args.processes,
+        poll_seconds=args.poll_ms / 1000,
+        poll_max_seconds=args.poll_max_ms / 1000,
+        worker_poll_seconds=args.worker_poll,
+        profile_path=path,
+    )
+    row["system"] += " (py-spy attached)"
+    return {"path": str(path), "run": row, "summary": summarize(path, top=25)}
+
+
 def e2e_ratios(rows: list[dict[str, Any]], floor: dict[str, Any] | None) -> list[dict[str, Any]]:
     out = []
     by_key = {(r["system"], r["key_type"], r["concurrency"]): r for r in rows}
@@ -317,12 +338,13 @@ def print_report(report: dict[str, Any]) -> None:
     for section in sections(report):
         print()
         print(table(section.title, section.header, section.rows))
-    prof = report.get("profile")
-    if prof:
-        print()
-        print(f"Profile of the server under load (busy samples): {prof['path']}")
-        for frame, share in prof["summary"]["inclusive"][:25]:
-            print(f"  {share:5.1f}%  {frame}")
+    for key, what in (("profile", "the server"), ("upstream_profile", "upstream ACME serve")):
+        prof = report.get(key)
+        if prof:
+            print()
+            print(f"Profile of {what} under load (busy samples): {prof['path']}")
+            for frame, share in prof["summary"]["inclusive"][:25]:
+                print(f"  {share:5.1f}%  {frame}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,9 +422,12 @@ def main(argv: list[str] | None = None) -> int:
                     poll_max_seconds=args.poll_max_ms / 1000,
                     worker_poll_seconds=args.worker_poll,
                 )
-            if args.profile:
+            if args.profile and "e2e" in args.sections:
                 print("  profiling the certbroker server under load ...", flush=True)
                 report["profile"] = run_profile(args, work, chall, site)
+            if args.profile and "upstream" in args.sections:
+                print("  profiling certbroker with its upstream under load ...", flush=True)
+                report["upstream_profile"] = run_upstream_profile(args, work, chall, site)
         if "floor" in args.sections:
             print("  crypto floor ...", flush=True)
             ca_dirs = sorted(work.glob("*/ca")) + sorted(work.glob("*/*/ca"))

@@ -19,6 +19,7 @@ Polls of both clients follow the same schedule (bench.load.PollSchedule).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import secrets
@@ -44,6 +45,7 @@ from bench.common import (
 )
 from bench.load import ApiClient, LoadResult, PollSchedule, expect_success, run_load
 from bench.pebble_e2e import AcmeItem, AcmeOrderJob
+from bench.profiling import PySpy
 
 PRODUCT = "acme-dv"
 PRODUCT_USD = 12
@@ -192,6 +194,7 @@ def run_certbroker(
     poll_seconds: float,
     poll_max_seconds: float,
     worker_poll_seconds: float,
+    profile_path: Path | None = None,
 ) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     hmac_key = _eab_key()
@@ -221,14 +224,17 @@ def run_certbroker(
                     "poll_seconds": poll_seconds,
                     "poll_max_seconds": poll_max_seconds,
                 }
-                result = run_load(
-                    UpstreamOrderJob,
-                    config,
-                    items,
-                    concurrency=concurrency,
-                    processes=processes,
-                    meter=meter,
-                )
+                with contextlib.ExitStack() as stack:
+                    if profile_path is not None:
+                        stack.enter_context(PySpy(server.pid, profile_path))
+                    result = run_load(
+                        UpstreamOrderJob,
+                        config,
+                        items,
+                        concurrency=concurrency,
+                        processes=processes,
+                        meter=meter,
+                    )
                 calls = proxy.counts()
                 rss = {"certbroker": peak_rss_mb(server.pid), "pebble": peak_rss_mb(pebble.pid)}
             finally:
@@ -307,6 +313,13 @@ def _without_setup(calls: dict[str, int], lanes: int) -> dict[str, int]:
     return out
 
 
+def items(n: int, key_type: str, prefix: str) -> list[UpstreamItem]:
+    names = [f"{prefix}-{i}.shop.example.com" for i in range(n)]
+    return [
+        UpstreamItem(nm, csr) for nm, csr in zip(names, prepare_csrs(key_type, names), strict=True)
+    ]
+
+
 def run(
     workdir: Path,
     *,
@@ -333,15 +346,11 @@ def run(
         poll_max_seconds=poll_max_seconds,
     )
     # New names for certbroker: PEBBLE_AUTHZREUSE=0 anyway, and each system gets a fresh Pebble.
-    names = [f"up-cb-{i}.shop.example.com" for i in range(n)]
     via = run_certbroker(
         workdir / "certbroker",
         chall=chall,
         site=site,
-        items=[
-            UpstreamItem(nm, csr)
-            for nm, csr in zip(names, prepare_csrs(key_type, names), strict=True)
-        ],
+        items=items(n, key_type, "up-cb"),
         concurrency=concurrency,
         processes=processes,
         poll_seconds=poll_seconds,
