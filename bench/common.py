@@ -403,6 +403,12 @@ class PebbleServer:
     chall: ChallTestSrv
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # Where http-01 is fetched (default: challtestsrv's responder; the upstream section: the
+    # DCV site), and External Account Binding as (kid, base64url HMAC key) when required.
+    http_port: int | None = None
+    eab: tuple[str, str] | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def directory_url(self) -> str:
@@ -419,18 +425,20 @@ class PebbleServer:
             raise RuntimeError("pebble is missing: run scripts/setup test")
         self.workdir.mkdir(parents=True, exist_ok=True)
         cert_path, key_path = self_signed_tls(self.workdir)
-        config = {
-            "pebble": {
-                "listenAddress": f"127.0.0.1:{self.port}",
-                "managementListenAddress": f"127.0.0.1:{free_port()}",
-                "certificate": str(cert_path),
-                "privateKey": str(key_path),
-                "httpPort": self.chall.http01_port,
-                "tlsPort": free_port(),
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": False,
-            }
+        self.tls_cert, self.tls_key = cert_path, key_path
+        settings: dict[str, Any] = {
+            "listenAddress": f"127.0.0.1:{self.port}",
+            "managementListenAddress": f"127.0.0.1:{free_port()}",
+            "certificate": str(cert_path),
+            "privateKey": str(key_path),
+            "httpPort": self.http_port or self.chall.http01_port,
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": self.eab is not None,
         }
+        if self.eab is not None:
+            settings["externalAccountMACKeys"] = {self.eab[0]: self.eab[1]}
+        config = {"pebble": settings}
         config_path = self.workdir / "pebble-config.json"
         config_path.write_text(json.dumps(config))
         env = {

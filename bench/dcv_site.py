@@ -1,7 +1,9 @@
 """The customers' web site for certbroker's file DCV, run in its own process by the bench.
 
 `PUT /.well-known/pki-validation/<file>` publishes a file (what a reseller's panel does on the
-hosting account), `GET` serves it, anything else is 404. HTTP/1.1 with keep-alive, asyncio, so
+hosting account), `GET` serves it, anything else is 404. `/.well-known/acme-challenge/<token>`
+works the same (http-01 of the upstream ACME section: certbroker's pre-check and the upstream's
+validation both fetch it). HTTP/1.1 with keep-alive, asyncio, so
 that the site costs little CPU next to the servers being measured.
 
     python -m bench.dcv_site PORT
@@ -13,7 +15,7 @@ import asyncio
 import contextlib
 import sys
 
-PREFIX = "/.well-known/pki-validation/"
+PREFIXES = ("/.well-known/pki-validation/", "/.well-known/acme-challenge/")
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 
@@ -60,7 +62,7 @@ class Site:
                 await writer.wait_closed()
 
     def answer(self, method: str, target: str, body: bytes) -> tuple[str, bytes]:
-        if not target.startswith(PREFIX):
+        if not target.startswith(PREFIXES):
             return "404 Not Found", b"not found"
         if method == "PUT":
             self.files[target] = body

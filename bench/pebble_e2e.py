@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
+from bench.certbroker_e2e import SiteClient
 from bench.common import ChallTestSrv, CpuMeter, PebbleServer, peak_rss_mb
 from bench.load import LoadResult, PollSchedule, run_load
 
@@ -50,8 +51,23 @@ class AcmeOrderJob:
         )
         directory = client.ClientV2.get_directory(config["directory"], net)
         self.acme = client.ClientV2(directory, net)
-        self.acme.new_account(messages.NewRegistration.from_data(terms_of_service_agreed=True))
+        eab = None
+        if config.get("eab_kid"):
+            eab = messages.ExternalAccountBinding.from_data(
+                account_public_key=self.key.public_key(),
+                kid=config["eab_kid"],
+                hmac_key=config["eab_hmac_key"],
+                directory=directory,
+            )
+        self.acme.new_account(
+            messages.NewRegistration.from_data(
+                terms_of_service_agreed=True, external_account_binding=eab
+            )
+        )
         self._management: http.client.HTTPConnection | None = None
+        # With `site_port`, http-01 files go on bench.dcv_site (the upstream section's Pebble
+        # fetches from there) instead of challtestsrv's responder.
+        self.site = SiteClient(int(config["site_port"])) if config.get("site_port") else None
 
     def _add_http01(self, token: str, content: str) -> None:
         body = json.dumps({"token": token, "content": content})
@@ -86,7 +102,11 @@ class AcmeOrderJob:
                 c for c in authzr.body.challenges if isinstance(c.chall, challenges.HTTP01)
             )
             response, validation = challb.response_and_validation(self.key)
-            self._add_http01(challb.chall.encode("token"), validation)
+            token = challb.chall.encode("token")
+            if self.site is not None:
+                self.site.publish(f"/.well-known/acme-challenge/{token}", validation)
+            else:
+                self._add_http01(token, validation)
             self.acme.answer_challenge(challb, response)
         for authzr in orderr.authorizations:
             status = authzr.body.status

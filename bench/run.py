@@ -5,8 +5,9 @@
     .venv/bin/python -m bench.run --sections e2e --key-types ec256 --concurrency 16 --n 300
 
 Sections: e2e (certbroker and Pebble, orders to certificates), place_collect, validation
-(the DCV engine on a backlog), floor (the cryptography of one certificate). Speeds are
-reported, never asserted; `targets` in the JSON says which goals of issue 6 were met.
+(the DCV engine on a backlog), floor (the cryptography of one certificate), upstream
+(certbroker issuing through Pebble as its upstream ACME CA, against Pebble driven directly).
+Speeds are reported, never asserted; `targets` in the JSON says which goals of issue 6 were met.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import certbroker_e2e, crypto_floor, pebble_e2e, place_collect, validation_engine
+from bench import (
+    certbroker_e2e,
+    crypto_floor,
+    pebble_e2e,
+    place_collect,
+    upstream_e2e,
+    validation_engine,
+)
 from bench.common import (
     KEY_TYPES,
     REPO,
@@ -39,7 +47,7 @@ from bench.load import LoadResult
 from bench.profiling import summarize
 from bench.sections import sections
 
-SECTIONS = ("e2e", "place_collect", "validation", "floor")
+SECTIONS = ("e2e", "place_collect", "validation", "floor", "upstream")
 RESULTS = REPO / "bench" / "results"
 
 
@@ -73,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--names", type=int, default=10_000, help="pending names for the engine")
     p.add_argument("--names-per-order", type=int, default=25)
     p.add_argument("--names-limit-s", type=float, default=180.0, help="stop the engine after")
+    p.add_argument("--upstream-n", type=int, default=200, help="orders per upstream run")
+    p.add_argument("--upstream-concurrency", type=int, default=16, help="upstream clients")
     p.add_argument("--floor-seconds", type=float, default=0.5, help="CPU time per floor op")
     p.add_argument("--proposed", action="store_true", help="servers with bench/proposed.py")
     p.add_argument("--profile", action="store_true", help="py-spy an extra certbroker run")
@@ -86,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.place_concurrency, args.requests, args.requests_without_csr = [2], 6, 2
         args.seed_orders, args.names, args.names_per_order = 2, 40, 20
         args.floor_seconds = 0.02
+        args.upstream_n, args.upstream_concurrency = 3, 2
     for given, known, what in (
         (args.sections, SECTIONS, "sections"),
         (args.systems, ("certbroker", "pebble"), "systems"),
@@ -194,6 +205,27 @@ def run_profile(
         "run": e2e_row("certbroker (py-spy attached)", key, c, result, rss),
         "summary": summarize(path, top=25),
     }
+
+
+def run_upstream_profile(
+    args: argparse.Namespace, work: Path, chall: ChallTestSrv, site: DcvSite
+) -> dict[str, Any]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"profile-upstream-{datetime.datetime.now():%Y%m%d-%H%M%S}.txt"
+    row = upstream_e2e.run_certbroker(
+        work / "upstream-profiled",
+        chall=chall,
+        site=site,
+        items=upstream_e2e.items(args.upstream_n, args.key_types[0], "up-prof"),
+        concurrency=args.upstream_concurrency,
+        processes=args.processes,
+        poll_seconds=args.poll_ms / 1000,
+        poll_max_seconds=args.poll_max_ms / 1000,
+        worker_poll_seconds=args.worker_poll,
+        profile_path=path,
+    )
+    row["system"] += " (py-spy attached)"
+    return {"path": str(path), "run": row, "summary": summarize(path, top=25)}
 
 
 def e2e_ratios(rows: list[dict[str, Any]], floor: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -306,12 +338,13 @@ def print_report(report: dict[str, Any]) -> None:
     for section in sections(report):
         print()
         print(table(section.title, section.header, section.rows))
-    prof = report.get("profile")
-    if prof:
-        print()
-        print(f"Profile of the server under load (busy samples): {prof['path']}")
-        for frame, share in prof["summary"]["inclusive"][:25]:
-            print(f"  {share:5.1f}%  {frame}")
+    for key, what in (("profile", "the server"), ("upstream_profile", "upstream ACME serve")):
+        prof = report.get(key)
+        if prof:
+            print()
+            print(f"Profile of {what} under load (busy samples): {prof['path']}")
+            for frame, share in prof["summary"]["inclusive"][:25]:
+                print(f"  {share:5.1f}%  {frame}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,9 +404,30 @@ def main(argv: list[str] | None = None) -> int:
                     limit_seconds=args.names_limit_s,
                     proposed=args.proposed,
                 )
-            if args.profile:
+            if "upstream" in args.sections:
+                print(
+                    f"  upstream ACME: {args.upstream_n} orders at C={args.upstream_concurrency}, "
+                    "certbroker + Pebble and Pebble directly ...",
+                    flush=True,
+                )
+                report["upstream"] = upstream_e2e.run(
+                    work / "upstream",
+                    chall=chall,
+                    site=site,
+                    n=args.upstream_n,
+                    concurrency=args.upstream_concurrency,
+                    key_type=args.key_types[0],
+                    processes=args.processes,
+                    poll_seconds=args.poll_ms / 1000,
+                    poll_max_seconds=args.poll_max_ms / 1000,
+                    worker_poll_seconds=args.worker_poll,
+                )
+            if args.profile and "e2e" in args.sections:
                 print("  profiling the certbroker server under load ...", flush=True)
                 report["profile"] = run_profile(args, work, chall, site)
+            if args.profile and "upstream" in args.sections:
+                print("  profiling certbroker with its upstream under load ...", flush=True)
+                report["upstream_profile"] = run_upstream_profile(args, work, chall, site)
         if "floor" in args.sections:
             print("  crypto floor ...", flush=True)
             ca_dirs = sorted(work.glob("*/ca")) + sorted(work.glob("*/*/ca"))

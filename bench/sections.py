@@ -171,6 +171,89 @@ def sections(report: dict[str, Any]) -> list[Section]:
                 rows,
             )
         )
+    up = report.get("upstream")
+    if up:
+        out.append(
+            Section(
+                "Upstream ACME: certbroker with Pebble as upstream, and Pebble driven directly",
+                [
+                    "system",
+                    "key",
+                    "C",
+                    "orders",
+                    "errors",
+                    "certs/s",
+                    "p50 ms",
+                    "p95 ms",
+                    "p99 ms",
+                    "certbroker CPU ms/cert",
+                    "Pebble CPU ms/cert",
+                    "client CPU ms/cert",
+                    "upstream calls/cert",
+                ],
+                [
+                    [
+                        r["system"],
+                        r["key_type"],
+                        r["concurrency"],
+                        r["orders"],
+                        r["errors"],
+                        r["certs_per_s"],
+                        r["p50_ms"],
+                        r["p95_ms"],
+                        r["p99_ms"],
+                        r["certbroker_cpu_ms_per_cert"],
+                        r["pebble_cpu_ms_per_cert"],
+                        r["client_cpu_ms_per_cert"],
+                        r["upstream_calls_per_cert"],
+                    ]
+                    for r in up["rows"]
+                ],
+            )
+        )
+        calls = sorted({k for r in up["rows"] for k in r["upstream_calls"]})
+        out.append(
+            Section(
+                "Upstream ACME: calls to Pebble per certificate, by kind",
+                ["call", *(r["system"] for r in up["rows"])],
+                [
+                    [
+                        kind,
+                        *(
+                            round(r["upstream_calls"].get(kind, 0) / max(1, r["orders"]), 2)
+                            for r in up["rows"]
+                        ),
+                    ]
+                    for kind in calls
+                ],
+            )
+        )
+        ov = up["overhead"]
+        out.append(
+            Section(
+                "Upstream ACME: certbroker + Pebble / Pebble directly",
+                [
+                    "certs/s",
+                    "p50",
+                    "p99",
+                    "p50 added ms",
+                    "calls/cert",
+                    "Pebble CPU/cert",
+                    "certbroker CPU / client CPU",
+                ],
+                [
+                    [
+                        ov["certs_per_s"],
+                        ov["p50"],
+                        ov["p99"],
+                        ov["p50_added_ms"],
+                        ov["upstream_calls_per_cert"],
+                        ov["pebble_cpu_per_cert"],
+                        ov["certbroker_cpu_to_client_cpu"],
+                    ]
+                ],
+            )
+        )
     if report.get("targets"):
         out.append(
             Section(

@@ -1,4 +1,5 @@
-"""The benchmarks in smoke mode (tiny sizes, every section, both CAs), so bench/ cannot rot.
+"""The benchmarks in smoke mode (tiny sizes, every section, both CAs, the upstream ACME section),
+so bench/ cannot rot.
 
 Speed is never asserted here (bench/ measures it); this checks that every section ran without
 an error and reported numbers.
@@ -88,6 +89,22 @@ def test_validation_engine_checked_every_name(report: dict[str, Any]) -> None:
     engine = report["validation_engine"]
     assert engine["finished"] and engine["checks"] >= engine["names"] > 0
     assert engine["checks_per_s"] > 0 and engine["peak_rss_mb"] > 0
+
+
+def test_upstream_acme_ran_through_certbroker_and_directly(report: dict[str, Any]) -> None:
+    section = report["upstream"]
+    rows = {r["system"]: r for r in section["rows"]}
+    assert set(rows) == {"certbroker + Pebble", "ACME client -> Pebble"}
+    for row in rows.values():
+        assert row["errors"] == 0, row["error_samples"]
+        assert row["orders"] == report["meta"]["settings"]["upstream_n"] > 0
+        for key in ("certs_per_s", "p50_ms", "p99_ms", "pebble_cpu_ms_per_cert"):
+            assert _number(row[key]) and row[key] > 0, (key, row)
+        # Every certificate took at least newOrder, finalize and the download upstream.
+        for kind in ("POST /order-plz", "POST /finalize-order", "POST /certZ"):
+            assert row["upstream_calls"][kind] == row["orders"], row["upstream_calls"]
+    assert rows["certbroker + Pebble"]["certbroker_cpu_ms_per_cert"] > 0
+    assert all(v is None or _number(v) for v in section["overhead"].values())
 
 
 def test_crypto_floor_and_targets(report: dict[str, Any]) -> None:
