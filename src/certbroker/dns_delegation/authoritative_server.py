@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import struct
 from collections.abc import Coroutine
 from typing import Any, cast
@@ -62,11 +63,21 @@ class AuthoritativeServer:
     async def start(self) -> None:
         """Listen on UDP and TCP at the same port (port 0: one the system picks for both)."""
         loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=(self._host, self._port)
-        )
-        self._port = int(self._udp.get_extra_info("sockname")[1])
-        self._tcp = await asyncio.start_server(self._serve_tcp, self._host, self._port)
+        wanted = self._port
+        # With port 0 the system picks a free UDP port, which may be taken for TCP: try again.
+        for attempt in range(1 if wanted else 20):
+            self._udp, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(self._host, wanted)
+            )
+            self._port = int(self._udp.get_extra_info("sockname")[1])
+            try:
+                self._tcp = await asyncio.start_server(self._serve_tcp, self._host, self._port)
+                break
+            except OSError as exc:
+                self._udp.close()
+                self._udp = None
+                if wanted or exc.errno != errno.EADDRINUSE or attempt == 19:
+                    raise
         log.info(
             "dns server listening",
             host=self._host,
