@@ -8,10 +8,10 @@ Timing is the injected clock's: nothing waits on wall time except Pebble's own w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cryptography import x509
@@ -104,14 +104,17 @@ def test_renewal_inside_the_ari_window_sends_replaces_and_completes_without_the_
         start.isoformat().replace("+00:00", "Z"),
         (start + timedelta(days=2)).isoformat().replace("+00:00", "Z"),
     )
-    gen = _service(
-        tmp_path,
-        short_pebble,
-        dns_server,
-        site,
-        hmac_key=short_pebble.eab_hmac_key,
-        delegation=True,
-        directory=ari_proxy.directory,
+    gen = cast(
+        Generator[Service, None, None],
+        _service(
+            tmp_path,
+            short_pebble,
+            dns_server,
+            site,
+            hmac_key=short_pebble.eab_hmac_key,
+            delegation=True,
+            directory=ari_proxy.directory,
+        ),
     )
     service = next(gen)
     name = "renew-ari.example.com"
@@ -146,13 +149,16 @@ def test_renewal_inside_the_ari_window_sends_replaces_and_completes_without_the_
 def test_renewal_without_renewal_info_comes_at_the_lead_time(
     tmp_path: Path, short_pebble: Pebble, dns_server: ChallTestSrv, site: DcvHttpServer
 ) -> None:
-    gen = _service(
-        tmp_path,
-        short_pebble,
-        dns_server,
-        site,
-        hmac_key=short_pebble.eab_hmac_key,
-        delegation=True,
+    gen = cast(
+        Generator[Service, None, None],
+        _service(
+            tmp_path,
+            short_pebble,
+            dns_server,
+            site,
+            hmac_key=short_pebble.eab_hmac_key,
+            delegation=True,
+        ),
     )
     service = next(gen)
     name = "renew-lead.example.com"
