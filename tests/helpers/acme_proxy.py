@@ -5,10 +5,16 @@ path contains "/order-plz" with a 429 problem document (and Retry-After) instead
 It terminates TLS with Pebble's own localhost certificate (so the upstream's `ca_bundle` stays
 Pebble's) and forwards over a new TLS connection with the client's Host header, so Pebble
 builds every URL it returns (directory, Location, Link) with the proxy's address.
+
+With `ari=True` it plays an RFC 9773 server, which Debian's Pebble 2.4 is not: `renewalInfo`
+is added to the directory, GET `renewalInfo/<certID>` answers `window` (set by the test), and
+the `replaces` of each newOrder is recorded in `replaces_seen`. Pebble ignores unknown JSON
+fields in newOrder, so the request is forwarded unchanged (its JWS signature stays valid).
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import ssl
@@ -37,6 +43,12 @@ class AcmeProxy:
     rules: list[_Rule] = field(default_factory=list)
     # Every request seen, as (method, path, answered status), in order.
     seen: list[tuple[str, str, int]] = field(default_factory=list)
+    ari: bool = False
+    # RFC 9773 4.2 suggestedWindow answered for every certID (RFC 3339 strings).
+    window: tuple[str, str] = ("", "")
+    # The certIDs asked for at renewalInfo, and the `replaces` of each newOrder (None: absent).
+    renewal_info_asked: list[str] = field(default_factory=list)
+    replaces_seen: list[str | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         proxy = self
@@ -50,6 +62,17 @@ class AcmeProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if proxy.ari and self.path.startswith("/renewalInfo/"):
+                    cert_id = self.path.removeprefix("/renewalInfo/")
+                    proxy.renewal_info_asked.append(cert_id)
+                    start, end = proxy.window
+                    self._answer(200, {"suggestedWindow": {"start": start, "end": end}})
+                    return
+                if proxy.ari and "order-plz" in self.path and body:
+                    payload = json.loads(body)["payload"]
+                    padded = payload + "=" * (-len(payload) % 4)
+                    sent = json.loads(base64.urlsafe_b64decode(padded))
+                    proxy.replaces_seen.append(sent.get("replaces"))
                 rule = proxy._take(self.path)
                 if rule is not None:
                     problem = {
@@ -77,6 +100,10 @@ class AcmeProxy:
                 answer = conn.getresponse()
                 data = answer.read()
                 conn.close()
+                if proxy.ari and self.command == "GET" and self.path == "/dir":
+                    directory = json.loads(data)
+                    directory["renewalInfo"] = f"https://127.0.0.1:{proxy.port}/renewalInfo/"
+                    data = json.dumps(directory).encode()
                 self.send_response(answer.status)
                 for name, value in answer.getheaders():
                     if name.lower() not in HOP_BY_HOP:
@@ -85,6 +112,15 @@ class AcmeProxy:
                 self.end_headers()
                 self.wfile.write(data)
                 proxy.seen.append((self.command, self.path, answer.status))
+
+            def _answer(self, status: int, document: dict[str, object]) -> None:
+                data = json.dumps(document).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                proxy.seen.append((self.command, self.path, status))
 
             do_GET = do_POST = do_HEAD = _handle
 

@@ -95,7 +95,13 @@ class Pebble:
     """`pebble` with EAB required; `directory`, `ca_bundle`, `eab_hmac_key`, `roots()`."""
 
     def __init__(
-        self, work_dir: Path, *, http_port: int, dns_server: str, authz_reuse: int = 0
+        self,
+        work_dir: Path,
+        *,
+        http_port: int,
+        dns_server: str,
+        authz_reuse: int = 0,
+        validity_seconds: int | None = None,
     ) -> None:
         binary = shutil.which("pebble")
         if binary is None:
@@ -120,6 +126,8 @@ class Pebble:
                 "externalAccountMACKeys": {EAB_KID: self.eab_hmac_key},
             }
         }
+        if validity_seconds is not None:
+            config["pebble"]["certificateValidityPeriod"] = validity_seconds
         config_path = work_dir / "pebble-config.json"
         config_path.write_text(json.dumps(config))
         self.log_path = work_dir / "pebble.log"

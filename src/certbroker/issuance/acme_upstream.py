@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy.b64 import b64encode
 from josepy.errors import DeserializationError
+from josepy.json_util import field as jose_field
 from josepy.jwa import ES256, RS256, JWASignature
 from josepy.jwk import JWK, JWKEC, JWKRSA
 
@@ -181,6 +182,31 @@ def key_authorization(token: str, account_thumbprint: str) -> str:
 def dns01_txt_value(key_auth: str) -> str:
     """RFC 8555 8.4: the TXT value of a dns-01 challenge, base64url(SHA-256(keyAuthorization))."""
     return b64encode(hashlib.sha256(key_auth.encode("ascii")).digest()).decode("ascii")
+
+
+class _NewOrderReplacing(messages.NewOrder):
+    """newOrder with RFC 9773 4.2 `replaces`, which acme 5.9's NewOrder lacks."""
+
+    replaces: str | None = jose_field("replaces", omitempty=True)
+
+
+def ari_cert_id(certificate: x509.Certificate) -> str:
+    """RFC 9773 4.1: base64url(AKI keyIdentifier) "." base64url(serial number DER bytes)."""
+    aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    if aki.key_identifier is None:
+        raise ValueError("the certificate's AKI has no keyIdentifier")
+    serial = certificate.serial_number
+    # The DER INTEGER's content octets: big-endian, a leading zero when the top bit is set.
+    raw = serial.to_bytes(serial.bit_length() // 8 + 1, "big")
+    return f"{b64encode(aki.key_identifier).decode()}.{b64encode(raw).decode()}"
+
+
+@dataclass(frozen=True)
+class RenewalWindow:
+    """RFC 9773 4.2 `suggestedWindow`."""
+
+    start: datetime
+    end: datetime
 
 
 def _problem_text(error: messages.Error | None) -> str | None:
@@ -341,11 +367,48 @@ class AcmeUpstream:
 
     # --- orders (RFC 8555 7.4) ---------------------------------------------------------------
 
-    def new_order(self, csr_pem: str) -> OrderSnapshot:
-        """newOrder for the CSR's identifiers (the CSR names exactly the order's names)."""
+    def new_order(self, csr_pem: str, replaces: str | None = None) -> OrderSnapshot:
+        """newOrder for the CSR's identifiers (the CSR names exactly the order's names), with
+        RFC 9773 `replaces` (the ARI certID of the certificate it renews) when given."""
         client = self.client
-        orderr = self._call("new order", lambda: client.new_order(csr_pem.encode("ascii")))
-        return _order(orderr.uri, orderr.body)
+        if replaces is None:
+            orderr = self._call("new order", lambda: client.new_order(csr_pem.encode("ascii")))
+            return _order(orderr.uri, orderr.body)
+        csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        identifiers = [
+            messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name)
+            for name in sans.get_values_for_type(x509.DNSName)
+        ] + [
+            messages.Identifier(typ=messages.IDENTIFIER_IP, value=str(ip))
+            for ip in sans.get_values_for_type(x509.IPAddress)
+        ]
+        body = _NewOrderReplacing(identifiers=identifiers, replaces=replaces)
+        url, new_nonce = client.directory["newOrder"], client.directory["newNonce"]
+        response = self._call(
+            "new order", lambda: self._net.post(url, body, new_nonce_url=new_nonce)
+        )
+        parsed = self._call("new order", lambda: messages.Order.from_json(response.json()))
+        return _order(response.headers.get("Location"), parsed)
+
+    @property
+    def renewal_info_url(self) -> str | None:
+        """The directory's RFC 9773 `renewalInfo` URL; None when the upstream has no ARI."""
+        try:
+            return str(self.client.directory["renewalInfo"])
+        except KeyError:
+            return None
+
+    def renewal_window(self, cert_id: str) -> RenewalWindow | None:
+        """GET renewalInfo/<certID> (RFC 9773 4.2, unauthenticated); None without ARI."""
+        base = self.renewal_info_url
+        if base is None:
+            return None
+        url = base.rstrip("/") + "/" + cert_id
+        response = self._call("renewalInfo", lambda: self._net.get(url))
+        info = self._call("renewalInfo", lambda: messages.RenewalInfo.from_json(response.json()))
+        window = info.suggested_window
+        return RenewalWindow(start=window.start, end=window.end)
 
     def order(self, url: str) -> OrderSnapshot:
         response = self._call("order", lambda: self._post_as_get(url))

@@ -28,6 +28,7 @@ class Blocked:
 
 def public_key_of(pem: bytes) -> PublicKeyTypes:
     """The public key in a PEM certificate, CSR, public key or (unencrypted) private key."""
+
     def from_private(data: bytes) -> PublicKeyTypes:
         return serialization.load_pem_private_key(data, password=None).public_key()
 

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from certbroker.issuance.acme_upstream import ari_cert_id
 from certbroker.orders.accounts import AccountRef
 from certbroker.orders.context import OrdersContext
 from certbroker.orders.csr_policy import (
@@ -109,6 +110,7 @@ def _create_successor(
     ref_id: str | None,
     kind: str,
     reason: str,
+    replaces: str | None = None,
 ) -> Order:
     now = ctx.clock.now()
     cert_id = new_cert_id(now)
@@ -178,7 +180,10 @@ def _create_successor(
         session.add(row)
         order.names.append(row)
     if upstream is not None:
-        session.execute(INSERT_UPSTREAM_ORDER, new_upstream_order(order.id, upstream, now))
+        session.execute(
+            INSERT_UPSTREAM_ORDER,
+            dict(new_upstream_order(order.id, upstream, now), replaces=replaces),
+        )
         ensure_delegations(ctx, session, old.account_id, change.domains, now)
     old.status = Status.REISSUED
     old.renew_due_at = None
@@ -193,6 +198,46 @@ def _create_successor(
     record_event(session, order, "order.placed", {kind + "Of": old.cert_id}, now)
     mark_ready_if_complete(order, now)
     return order
+
+
+def renew_upstream(ctx: OrdersContext, session: Session, old: Order) -> Order | None:
+    """A subscription's automatic reissue of an upstream ACME certificate (the caller holds
+    the row lock and found it due): a successor order with the same CSR, hence the same key, as
+    a `reissue` without a CSR makes, free; its upstream order carries RFC 9773 `replaces` = the
+    ARI certID of the current certificate. dns-01 through the CNAME completes without the
+    customer; http-01 shows a new token in the successor's collect. None: not an upstream
+    product (the built-in path reissues in place)."""
+    product = ctx.catalog.get(old.product_code)
+    if product is None or not product.issuer.is_acme or old.sandbox:
+        return None
+    current = session.scalar(
+        select(Certificate)
+        .where(
+            Certificate.order_id == old.id,
+            Certificate.state == "issued",
+            Certificate.revoked_at.is_(None),
+        )
+        .order_by(Certificate.generation.desc())
+        .limit(1)
+    )
+    replaces = None
+    if current is not None and current.pem:
+        try:
+            replaces = ari_cert_id(x509.load_pem_x509_certificate(current.pem.encode("ascii")))
+        except ValueError:
+            replaces = None  # no AKI keyIdentifier: a plain new order
+    key = OrderKey(csr=parse_csr(old.csr_pem), private_key=None, generated=False, key_spec=None)
+    change = Successor(
+        key=key,
+        domains=_names_of(old),
+        apply_params=dict(old.apply_params),
+        unique_value=old.unique_value,
+        ov_status="done",
+        server=old.server,
+    )
+    return _create_successor(
+        ctx, session, old, change, None, "renew", "subscription renewal", replaces=replaces
+    )
 
 
 def _by_ref(session: Session, old: Order, ref_id: str | None, kind: str) -> Order | None:

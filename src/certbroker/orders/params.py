@@ -392,6 +392,7 @@ def _object(errs: _Errors, raw: object, field: str) -> dict[str, object] | None:
 
 # --- domain names ----------------------------------------------------------------------------
 
+
 def _dcv_method(errs: _Errors, value: str, field: str, product: Product) -> str | None:
     method = value.upper()
     if method not in product.dcv_methods:

@@ -13,7 +13,9 @@ from certbroker.orders.context import OrdersContext
 from certbroker.orders.dcv import mark_ready_if_complete
 from certbroker.orders.events import record_event
 from certbroker.orders.issuing import expire_stale_validations
+from certbroker.orders.lifecycle import renew_upstream
 from certbroker.orders.states import Status
+from certbroker.orders.upstream_rules import DNS01_METHOD
 from certbroker.store.db import lock_row
 from certbroker.store.models import Order
 
@@ -39,11 +41,29 @@ def _for_each_due(
 
 def start_due_reissues(ctx: OrdersContext, limit: int = 50) -> int:
     """Orders whose certificate nears its end inside a running subscription: reissue under the
-    same certId, reusing validation while the reuse period allows, else validating again."""
+    same certId, reusing validation while the reuse period allows, else validating again. An
+    upstream ACME product's certificate is reissued as a successor order with a new upstream
+    order (RFC 9773 `replaces`), since only the upstream CA can validate and sign it."""
     now = ctx.clock.now()
 
     def reissue(session: Session, order: Order) -> None:
         order.renew_due_at = None
+        successor = renew_upstream(ctx, session, order)
+        if successor is not None:
+            if any(n.dcv_method != DNS01_METHOD for n in successor.names):
+                # http-01: the new upstream order brings new tokens the customer publishes.
+                record_event(
+                    session,
+                    order,
+                    "subscription.dcv_required",
+                    {
+                        "domains": [n.name for n in successor.names],
+                        "newCertId": successor.cert_id,
+                        "reason": "the upstream CA validates every renewal again",
+                    },
+                    now,
+                )
+            return
         stale = [] if order.sandbox else expire_stale_validations(order, now)
         if stale:
             reason = "the reuse period of the earlier validation has ended"

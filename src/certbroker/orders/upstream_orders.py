@@ -81,6 +81,7 @@ from certbroker.issuance.acme_upstream import (
     AuthzSnapshot,
     OrderSnapshot,
     UpstreamError,
+    ari_cert_id,
     dns01_txt_value,
     key_authorization,
     retry_after_time,
@@ -92,7 +93,7 @@ from certbroker.orders.events import record_event
 from certbroker.orders.params import DomainRequest
 from certbroker.orders.refunds import settle_failure
 from certbroker.orders.states import Status
-from certbroker.orders.terms import subscription_end
+from certbroker.orders.terms import next_renewal, subscription_end
 from certbroker.orders.upstream_accounts import account_key
 from certbroker.orders.upstream_health import BACKOFF_MAX as BACKOFF_MAX
 from certbroker.orders.upstream_health import backoff
@@ -131,6 +132,8 @@ def poll_delay(since: datetime | None, now: datetime) -> timedelta:
     if since is None:
         return POLL_DELAY
     return min(POLL_DELAY, max(POLL_FIRST, (now - since) / 2))
+
+
 # Back-off after a failed upstream call: 30 s doubling to 1 h (orders/upstream_health.py).
 VERIFIED_HOW = "upstream http-01"
 VERIFIED_HOW_DNS = "upstream dns-01"
@@ -248,6 +251,8 @@ class _Facts:
     certificate_url: str | None
     # A failure is on show (order lastError) or counted: the next success clears it.
     failing: bool = False
+    # An automatic renewal: the ARI certID it replaces (RFC 9773 4.2).
+    replaces: str | None = None
 
 
 def run_step(ctx: OrdersContext, upstream_order_id: int, owner: str) -> str:
@@ -282,6 +287,7 @@ def run_step(ctx: OrdersContext, upstream_order_id: int, owner: str) -> str:
             order.status,
             row.certificate_url,
             failing=bool(row.failures or order.last_error),
+            replaces=row.replaces,
         )
         key = account_key(ctx, session, row.upstream)
         config = ctx.upstreams.get(row.upstream)
@@ -524,7 +530,15 @@ def _deactivate(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: 
 def _new_order(
     ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, thumbprint: str, owner: str
 ) -> str:
-    snapshot = client.new_order(facts.csr_pem)
+    # RFC 9773 4.2: `replaces` only to an upstream that offers renewalInfo; `alreadyReplaced`
+    # (another order replaced that certificate already) drops it, as a plain order.
+    replaces = facts.replaces if facts.replaces and client.renewal_info_url else None
+    try:
+        snapshot = client.new_order(facts.csr_pem, replaces=replaces)
+    except UpstreamError as exc:
+        if replaces is None or exc.problem != "alreadyReplaced":
+            raise
+        snapshot = client.new_order(facts.csr_pem)
     authzs = [client.authorization(url) for url in snapshot.authorizations]
     now = ctx.clock.now()
     with ctx.db.transaction() as session:
@@ -1045,6 +1059,7 @@ def _download(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: st
     chain_pem = client.certificate_chain(url)
     certs = x509.load_pem_x509_certificates(chain_pem.encode("ascii"))
     leaf, intermediates = certs[0], certs[1:]
+    window = _renewal_window(client, leaf)
     now = ctx.clock.now()
     with ctx.db.transaction() as session:
         row = _leased(session, facts.upstream_order_id, owner)
@@ -1081,6 +1096,7 @@ def _download(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: st
         order.status = Status.COMPLETE
         order.completed_at = order.completed_at or now
         order.due_at = order.due_at or subscription_end(order, now)
+        order.renew_due_at = _renew_due(ctx, leaf, order.due_at, window, now)
         order.last_error = None
         order.updated_at = now
         row.status = "downloaded"
@@ -1095,6 +1111,44 @@ def _download(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: st
         )
     _committed("downloaded", facts.upstream_order_id)
     return "downloaded"
+
+
+def _renewal_window(
+    client: AcmeUpstream, leaf: x509.Certificate
+) -> tuple[datetime, datetime] | None:
+    """The upstream's suggested renewal window for `leaf` (RFC 9773 4.2), None without ARI.
+    A failed ARI request is not worth failing the download for: the lead time applies."""
+    try:
+        if client.renewal_info_url is None:
+            return None
+        found = client.renewal_window(ari_cert_id(leaf))
+    except (UpstreamError, ValueError) as exc:
+        log.warning("renewalInfo unavailable: the lead time applies", error=str(exc))
+        return None
+    return None if found is None else (found.start, found.end)
+
+
+def _renew_due(
+    ctx: OrdersContext,
+    leaf: x509.Certificate,
+    due: datetime | None,
+    window: tuple[datetime, datetime] | None,
+    now: datetime,
+) -> datetime | None:
+    """When a subscription reissues this certificate: inside the ARI window when the upstream
+    gave one (its start, or now when it has begun: RFC 9773 4.2), else the lead time before its
+    end as for built-in certificates; None when the purchase ends with this certificate."""
+    lead = next_renewal(ctx, _Validity(leaf.not_valid_before_utc, leaf.not_valid_after_utc), due)
+    if lead is None or window is None:
+        return lead
+    start, end = window
+    return max(start, min(now, end)).replace(microsecond=0)
+
+
+@dataclass(frozen=True)
+class _Validity:
+    not_before: datetime
+    not_after: datetime
 
 
 def _bundles(

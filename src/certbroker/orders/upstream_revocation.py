@@ -23,9 +23,7 @@ from certbroker.store.models import Certificate, Order, UpstreamOrder
 UPSTREAM_ISSUER = "upstream"  # Certificate.issuer of upstream certificates
 
 
-def upstream_certificates(
-    session: Session, order_ids: Iterable[int]
-) -> list[tuple[int, str, str]]:
+def upstream_certificates(session: Session, order_ids: Iterable[int]) -> list[tuple[int, str, str]]:
     """(certificate row id, PEM, upstream name) of the unrevoked upstream certificates of
     these orders."""
     rows = session.execute(

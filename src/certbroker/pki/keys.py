@@ -91,9 +91,7 @@ def describe_key(public_key: PublicKeyTypes | PrivateKeyTypes) -> str:
 
 def _supported(key: PrivateKeyTypes) -> PrivateKey:
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise KeyFormatError(
-            f"{describe_key(key)} keys are not supported; use RSA or ECDSA"
-        )
+        raise KeyFormatError(f"{describe_key(key)} keys are not supported; use RSA or ECDSA")
     return key
 
 

@@ -181,9 +181,7 @@ def _rsa_refusal(key: rsa.RSAPublicKey) -> KeyRefused | None:
     if found:
         check = next(iter(found))
         why = _WHY.get(check, f"the {check} check finds it weak")
-        return KeyRefused(
-            "weak", f"this RSA key is weak: {why} (BR 6.1.1.3); generate a new key"
-        )
+        return KeyRefused("weak", f"this RSA key is weak: {why} (BR 6.1.1.3); generate a new key")
     return None
 
 

@@ -159,7 +159,7 @@ def parse_blocklist(entries: Iterable[str]) -> tuple[str, ...]:
 
 
 def _suffixes(host: str) -> list[str]:
-    """"a.b.c" → ["a.b.c", "b.c", "c"]: the most specific first (home.arpa before arpa)."""
+    """ "a.b.c" → ["a.b.c", "b.c", "c"]: the most specific first (home.arpa before arpa)."""
     labels = host.split(".")
     return [".".join(labels[i:]) for i in range(len(labels))]
 

@@ -426,6 +426,9 @@ class UpstreamOrder(Base):
     certificate_url: Mapped[str | None] = mapped_column(String(2048))
     finalize_sent_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
+    # An automatic renewal: the ARI certID (RFC 9773 4.1) of the certificate it replaces,
+    # sent as newOrder `replaces` when the upstream offers renewalInfo.
+    replaces: Mapped[str | None] = mapped_column(String(255))
     last_problem: Mapped[str | None] = mapped_column(Text)
     # 5xx answers and time-outs in a row (the back-off's exponent; 0 after any success).
     failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
