@@ -59,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -144,6 +145,9 @@ DEACTIVATING = "deactivating"
 DEACTIVATE_FROM = frozenset({"pending", "ready", "processing", "valid", DEACTIVATING})
 LIVE_STATUSES = ("new", "pending", "ready", "processing", "valid")
 
+# Test hook (environment, for tests that run a real process): see _test_hold.
+TEST_HOLD_BEFORE_FINALIZE = "CERTBROKER_TEST_HOLD_BEFORE_FINALIZE"
+
 # Test hook: called after each committed step with (step, upstream order id). Tests raise in it
 # to kill a step at a precise point, as a crash would.
 after_commit: Callable[[str, int], None] | None = None
@@ -176,6 +180,20 @@ def ensure_delegations(
     for domain in domains:
         if domain.dcv_method == DNS01_METHOD:
             delegation_for(session, ctx.box, account_id, domain.name, zone=ctx.dcv_zone, now=now)
+
+
+def _test_hold(ctx: OrdersContext, facts: _Facts, owner: str) -> str:
+    """Tests only (CERTBROKER_TEST_HOLD_BEFORE_FINALIZE set): a ready order (RFC 8555 7.4) is
+    not finalized but read again later, so an end-to-end test can SIGKILL the process once
+    every order is answered and none finalized. Never set it in production."""
+    log.warning("test hook: holding a ready order before finalize", id=facts.upstream_order_id)
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        row = _leased(session, facts.upstream_order_id, owner)
+        if row is None:
+            return "not ours"
+        _release(row, now, now + POLL_DELAY)
+    return "held by the test hook"
 
 
 def _committed(step: str, upstream_order_id: int) -> None:
@@ -1005,6 +1023,8 @@ def _finalize_or_wait(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, o
     assert facts.order_url is not None
     snapshot = client.order(facts.order_url)  # re-read: ready, processing or valid
     if snapshot.status == "ready":
+        if os.environ.get(TEST_HOLD_BEFORE_FINALIZE):
+            return _test_hold(ctx, facts, owner)
         now = ctx.clock.now()
         with ctx.db.transaction() as session:
             row = _leased(session, facts.upstream_order_id, owner)
