@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from certbroker.orders.refunds import RENEW_RETRY
 from certbroker.orders.states import Status
 from certbroker.pki.csr import build_csr
 from certbroker.pki.keys import generate_private_key
@@ -191,3 +192,28 @@ def test_a_key_compromised_between_place_and_signing_fails_the_order_with_its_re
     ]
     [hook] = failed_webhooks(receiver)
     assert hook["certId"] == cert_id and hook["data"]["reason"] == data["failureReason"]
+
+
+def test_a_failed_successor_due_for_renewal_waits_before_the_next_automatic_try(
+    service: Service,
+) -> None:
+    """A reissue that fails when the superseded certificate is already inside its renewal lead
+    time reinstates it, but its next automatic renewal waits RENEW_RETRY: a renewal that failed
+    must not start again at the next pass (upstream renewals are successors, so that would
+    order again and again)."""
+    first = issue(service, years=2)
+    service.advance(timedelta(days=190))  # inside the lead time of the ~200-day certificate
+    child = service.call("reissue", certId=first["certId"], reason="key lost")
+    assert child["code"] == 1, child
+    service.publish(child["data"])
+    service.ctx.ca.tamper_for_tests = name_constraints
+    try:
+        service.work()
+    finally:
+        service.ctx.ca.tamper_for_tests = None
+    assert service.call("collect", certId=child["data"]["certId"])["status"] == Status.FAILED
+    with service.ctx.db.read() as session:
+        parent = session.scalars(select(Order).where(Order.cert_id == first["certId"])).one()
+    assert parent.status == Status.COMPLETE
+    assert parent.renew_due_at is not None
+    assert parent.renew_due_at >= service.clock.now() + RENEW_RETRY

@@ -39,6 +39,7 @@ from certbroker.settings import (
 )
 from certbroker.store.models import (
     Certificate,
+    Event,
     LedgerEntry,
     UpstreamAccount,
     UpstreamAuthz,
@@ -708,6 +709,41 @@ def test_cancel_while_the_upstream_is_down_succeeds_and_the_worker_deactivates_l
     service.advance(upstream_orders.BACKOFF_MAX)
     service.work()
     assert _client(service).authorization(authz_url).status == "deactivated"
+
+
+def test_cancel_racing_the_finalize_revokes_the_certificate_issued_upstream(
+    acme_service: Service, pebble: Pebble
+) -> None:
+    service = acme_service
+    cert_id = _place(service)["certId"]
+    service.work()
+    _publish(service, service.call("collect", certId=cert_id)["data"])
+    # Passes until the finalize was sent (the upstream order processing or valid), one pass
+    # before the download.
+    for _ in range(60):
+        service.advance(upstream_orders.POLL_DELAY)
+        service.work()
+        with service.ctx.db.read() as session:
+            status = session.scalars(select(UpstreamOrder.status)).one()
+        if status in ("processing", "valid"):
+            break
+        time.sleep(0.05)
+    assert status in ("processing", "valid"), status
+    answer = service.call("cancel", certId=cert_id, reason="not needed")
+    assert answer["code"] == 1, answer
+    _work_passes(service, 5)
+    with service.ctx.db.read() as session:
+        row = session.scalars(select(UpstreamOrder)).one()
+        assert row.status == "deactivated" and row.certificate_url is not None
+    assert _certificates(service) == 0  # never stored as the order's certificate
+    assert service.call("collect", certId=cert_id)["status"] == "CANCELLED"
+    assert pebble.log().count("Issued certificate serial") == 1
+    with service.ctx.db.read() as session:
+        [payload] = session.scalars(
+            select(Event.payload).where(Event.type == "upstream.certificate_revoked")
+        ).all()
+    status_at_pebble = pebble.cert_status(payload["serial"])
+    assert status_at_pebble["Status"] == "Revoked" and status_at_pebble["Reason"] == 5
 
 
 def _work_passes(service: Service, passes: int = 3) -> None:

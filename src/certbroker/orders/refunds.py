@@ -8,7 +8,7 @@ purchase, whichever of its certIds is cancelled (the ledger's op_key makes a sec
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -38,6 +38,10 @@ def refund_purchase(session: Session, order: Order, now: datetime, note: str) ->
     )
 
 
+# After a failed successor (a reissue or an automatic renewal), the next automatic try.
+RENEW_RETRY = timedelta(hours=6)
+
+
 def settle_failure(
     ctx: OrdersContext, session: Session, order: Order, now: datetime, note: str
 ) -> None:
@@ -62,5 +66,7 @@ def settle_failure(
     if newest is None or newest.not_after <= now:
         return
     parent.status = Status.COMPLETE
-    parent.renew_due_at = next_renewal(ctx, newest, parent.due_at)
+    due = next_renewal(ctx, newest, parent.due_at)
+    # A renewal due already would start again at the next pass and fail the same way: wait.
+    parent.renew_due_at = max(due, now + RENEW_RETRY) if due is not None else None
     parent.updated_at = now

@@ -59,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -146,6 +147,11 @@ HTTP01, DNS01 = "http-01", "dns-01"
 DEACTIVATING = "deactivating"
 DEACTIVATE_FROM = frozenset({"pending", "ready", "processing", "valid", DEACTIVATING})
 LIVE_STATUSES = ("new", "pending", "ready", "processing", "valid")
+# RFC 5280 5.3.1 CRLReason for a certificate a cancelled order never wanted.
+REASON_CESSATION_OF_OPERATION = 5
+
+# Test hook (environment, for tests that run a real process): see _test_hold.
+TEST_HOLD_BEFORE_FINALIZE = "CERTBROKER_TEST_HOLD_BEFORE_FINALIZE"
 
 # Test hook: called after each committed step with (step, upstream order id). Tests raise in it
 # to kill a step at a precise point, as a crash would.
@@ -179,6 +185,20 @@ def ensure_delegations(
     for domain in domains:
         if domain.dcv_method == DNS01_METHOD:
             delegation_for(session, ctx.box, account_id, domain.name, zone=ctx.dcv_zone, now=now)
+
+
+def _test_hold(ctx: OrdersContext, facts: _Facts, owner: str) -> str:
+    """Tests only (CERTBROKER_TEST_HOLD_BEFORE_FINALIZE set): a ready order (RFC 8555 7.4) is
+    not finalized but read again later, so an end-to-end test can SIGKILL the process once
+    every order is answered and none finalized. Never set it in production."""
+    log.warning("test hook: holding a ready order before finalize", id=facts.upstream_order_id)
+    now = ctx.clock.now()
+    with ctx.db.transaction() as session:
+        row = _leased(session, facts.upstream_order_id, owner)
+        if row is None:
+            return "not ours"
+        _release(row, now, now + POLL_DELAY)
+    return "held by the test hook"
 
 
 def _committed(step: str, upstream_order_id: int) -> None:
@@ -492,7 +512,20 @@ def _deactivate(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: 
     another live order also holds (upstream reuse) is left alone. A failure backs off through
     `_record_problem`; the step runs again until every authorization is done."""
     assert facts.order_url is not None
-    urls = client.order(facts.order_url).authorizations
+    snapshot = client.order(facts.order_url)
+    if snapshot.status == "processing":
+        # RFC 8555 7.4: finalize was sent before the cancel; a certificate may still come.
+        now = ctx.clock.now()
+        with ctx.db.transaction() as session:
+            row = _leased(session, facts.upstream_order_id, owner)
+            if row is None:
+                return "not ours"
+            _release(row, now, now + POLL_DELAY)
+        return "waiting for the certificate"
+    revoked = None
+    if snapshot.status == "valid" and snapshot.certificate:
+        revoked = _revoke_unwanted(client, snapshot.certificate)
+    urls = snapshot.authorizations
     with ctx.db.read() as session:
         shared = set(
             session.scalars(
@@ -518,6 +551,17 @@ def _deactivate(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: 
         )
         for authz in authzs:
             authz.status = states.get(authz.url, authz.status)
+        if revoked is not None:
+            row.certificate_url = snapshot.certificate
+            order = session.get(Order, facts.order_id)
+            assert order is not None
+            record_event(
+                session,
+                order,
+                "upstream.certificate_revoked",
+                {"serial": revoked, "reason": REASON_CESSATION_OF_OPERATION},
+                now,
+            )
         row.status = "deactivated"
         row.last_problem = None
         _release(row, now, None)
@@ -525,6 +569,25 @@ def _deactivate(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: 
     _clean_txt(ctx, [a.txt_fqdn for a in authzs])
     _committed("deactivated", facts.upstream_order_id)
     return "deactivated"
+
+
+def _revoke_unwanted(client: AcmeUpstream, url: str) -> str:
+    """A cancelled order's upstream certificate (issued while the cancel raced the finalize):
+    download it (RFC 8555 7.4.2), never store it as the order's, and revoke it at the upstream
+    (7.6) with cessationOfOperation. Returns its serial (hex). Repeated after a crash, the
+    upstream answers alreadyRevoked."""
+    chain_pem = client.certificate_chain(url)
+    leaf = x509.load_pem_x509_certificates(chain_pem.encode("ascii"))[0]
+    serial = format(leaf.serial_number, "x")
+    try:
+        client.revoke(
+            leaf.public_bytes(Encoding.PEM).decode("ascii"), REASON_CESSATION_OF_OPERATION
+        )
+    except UpstreamError as exc:
+        if exc.problem != "alreadyRevoked":
+            raise
+    log.warning("revoked the upstream certificate of a cancelled order", serial=serial, url=url)
+    return serial
 
 
 def _new_order(
@@ -1019,6 +1082,8 @@ def _finalize_or_wait(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, o
     assert facts.order_url is not None
     snapshot = client.order(facts.order_url)  # re-read: ready, processing or valid
     if snapshot.status == "ready":
+        if os.environ.get(TEST_HOLD_BEFORE_FINALIZE):
+            return _test_hold(ctx, facts, owner)
         now = ctx.clock.now()
         with ctx.db.transaction() as session:
             row = _leased(session, facts.upstream_order_id, owner)
@@ -1067,6 +1132,11 @@ def _download(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: st
             return "not ours"
         order = lock_row(session, Order, facts.order_id)
         assert order is not None
+        if order.status == Status.CANCELLED:
+            # Cancelled while we downloaded: the deactivation step revokes it upstream.
+            row.status = DEACTIVATING
+            _release(row, now, now)
+            return "cancelled: deactivating"
         if order.status != Status.PENDING:
             row.status = "abandoned"
             _release(row, now, None)
