@@ -248,6 +248,11 @@ def test_http01_place_publish_complete(
     assert done["privateKey"] and done["pkcs12"]
     assert _certificates(service) == 1
     assert _charges(service) == [-12_00]
+    # vendorId/vendorCertId stay numeric; the upstream's URLs go in extension fields.
+    assert done["vendorId"].isdigit() and done["vendorCertId"] == done["vendorId"]
+    assert done["upstreamOrderUrl"].startswith(pebble.directory.removesuffix("/dir"))
+    assert done["upstreamCertUrl"].startswith(pebble.directory.removesuffix("/dir"))
+    assert shown["vendorCertId"] == "" and shown["upstreamCertUrl"] == ""
 
 
 def test_wrong_file_answers_nothing_upstream_until_fixed(

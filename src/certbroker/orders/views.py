@@ -72,6 +72,13 @@ class CertSummary:
 
 
 @dataclass(frozen=True)
+class UpstreamRef:
+    id: int
+    order_url: str | None
+    certificate_url: str | None
+
+
+@dataclass(frozen=True)
 class OrderView:
     cert_id: str
     order_num: str
@@ -100,6 +107,8 @@ class OrderView:
     upstream: bool = False
     # The upstream order exists (its tokens are known); False while the worker places it.
     upstream_ordered: bool = False
+    # The newest upstream order: our numeric id of it and the upstream's URLs (RFC 8555 7.1.3).
+    upstream_order: UpstreamRef | None = None
 
 
 def load_order(
@@ -279,6 +288,19 @@ _ACME_CHALLENGES = (
 )
 
 
+_NEWEST_UPSTREAM_ORDER = (
+    select(UpstreamOrder.id, UpstreamOrder.order_url, UpstreamOrder.certificate_url)
+    .where(UpstreamOrder.order_id == bindparam("order_id"))
+    .order_by(UpstreamOrder.attempt.desc())
+    .limit(1)
+)
+
+
+def _newest_upstream_order(connection: Connection, order_id: int) -> UpstreamRef | None:
+    row = connection.execute(_NEWEST_UPSTREAM_ORDER, {"order_id": order_id}).first()
+    return None if row is None else UpstreamRef(row.id, row.order_url, row.certificate_url)
+
+
 def _acme_challenges(connection: Connection, order_id: int) -> dict[str, tuple[str, str]]:
     # The newest attempt wins (rows come oldest first).
     return {
@@ -355,6 +377,9 @@ def view_of(
         ),
         upstream=upstream,
         upstream_ordered=bool(acme),
+        upstream_order=_newest_upstream_order(connection, order.id)
+        if upstream and order.id is not None
+        else None,
         stage_dcv=dcv,
         stage_ov=ov,
         stage_issued=issued,

@@ -79,11 +79,24 @@ def _is_rsa(certificate_pem: str) -> bool:
     return isinstance(cert.public_key(), rsa.RSAPublicKey)
 
 
+def _vendor_ids(view: OrderView) -> dict[str, str]:
+    """vendorId / vendorCertId stay numeric text, as clients store them (the newest upstream
+    order's id here); the upstream's own identifiers are URLs, in extension fields."""
+    ref = view.upstream_order
+    if ref is None:
+        return {"vendorId": "", "vendorCertId": ""}
+    return {
+        "vendorId": str(ref.id),
+        "vendorCertId": str(ref.id) if ref.certificate_url else "",
+        "upstreamOrderUrl": ref.order_url or "",
+        "upstreamCertUrl": ref.certificate_url or "",
+    }
+
+
 def placed(view: OrderView) -> dict[str, Any]:
     return {
         "certId": view.cert_id,
-        "vendorId": "",
-        "vendorCertId": "",
+        **_vendor_ids(view),
         "orderNum": view.order_num,
         **dcv_output(view),
     }
@@ -98,8 +111,7 @@ def collect(view: OrderView, utc_offset_hours: int) -> dict[str, Any]:
         "orderNum": view.order_num,
         # Also top-level; some clients read it only here.
         "status": view.status,
-        "vendorId": "",
-        "vendorCertId": "",
+        **_vendor_ids(view),
         "productCode": view.product_code,
         # The validation type, as productList's validationType (dv, ov, ev).
         "productType": view.validation_level,
