@@ -192,13 +192,18 @@ def _test_hold(ctx: OrdersContext, facts: _Facts, owner: str) -> str:
     not finalized but read again later, so an end-to-end test can SIGKILL the process once
     every order is answered and none finalized. Never set it in production."""
     log.warning("test hook: holding a ready order before finalize", id=facts.upstream_order_id)
+    return "held by the test hook" if _read_again_later(ctx, facts, owner) else "not ours"
+
+
+def _read_again_later(ctx: OrdersContext, facts: _Facts, owner: str) -> bool:
+    """Release the step, due again in POLL_DELAY; False when it is no longer ours."""
     now = ctx.clock.now()
     with ctx.db.transaction() as session:
         row = _leased(session, facts.upstream_order_id, owner)
         if row is None:
-            return "not ours"
+            return False
         _release(row, now, now + POLL_DELAY)
-    return "held by the test hook"
+    return True
 
 
 def _committed(step: str, upstream_order_id: int) -> None:
@@ -515,12 +520,8 @@ def _deactivate(ctx: OrdersContext, client: AcmeUpstream, facts: _Facts, owner: 
     snapshot = client.order(facts.order_url)
     if snapshot.status == "processing":
         # RFC 8555 7.4: finalize was sent before the cancel; a certificate may still come.
-        now = ctx.clock.now()
-        with ctx.db.transaction() as session:
-            row = _leased(session, facts.upstream_order_id, owner)
-            if row is None:
-                return "not ours"
-            _release(row, now, now + POLL_DELAY)
+        if not _read_again_later(ctx, facts, owner):
+            return "not ours"
         return "waiting for the certificate"
     revoked = None
     if snapshot.status == "valid" and snapshot.certificate:
